@@ -1,0 +1,160 @@
+"""Validated settings for every specpack method (pydantic v2).
+
+Users write one JSON object per engine, for example in vLLM::
+
+    --additional-config '{"specpack": {"method": "suffix",
+                                        "suffix_decoding_min_token_prob": 0.2}}'
+
+:func:`parse_method_config` turns it into the method's config model or raises
+:class:`ConfigError`, whose message names the offending field and what is
+allowed, before any engine work starts. Knob names follow vLLM's upstream
+methods where they mean the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A specpack setting is invalid; the message says which and why."""
+
+
+class MethodConfig(BaseModel):
+    """Base for method configs: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    method: str
+    max_active_requests: int = Field(
+        4096,
+        ge=1,
+        description="Cap on per-request proposer states kept at once; the least "
+        "recently used state is evicted beyond it.",
+    )
+
+
+class SuffixConfig(MethodConfig):
+    """SuffixDecoding (Oliaro et al., 2024, arXiv:2411.04975).
+
+    A per-request suffix trie over prompt + output and a global trie over the
+    outputs of finished requests; continuation probability of a child is
+    ``count(child) / sum(count(siblings))`` and a draft node's score is the
+    product of those ratios along its path.
+    """
+
+    method: Literal["suffix"] = "suffix"
+    suffix_decoding_max_tree_depth: int = Field(
+        24, ge=1, le=512, description="Depth of both tries: pattern + continuation length."
+    )
+    suffix_decoding_max_cached_requests: int = Field(
+        10000,
+        ge=0,
+        description="Finished requests whose outputs stay in the global trie "
+        "(oldest evicted first); 0 disables the global trie.",
+    )
+    suffix_decoding_max_cached_tokens: int = Field(
+        1_000_000,
+        ge=1,
+        description="specpack extension: cap on tokens held by the global trie "
+        "(oldest outputs evicted first), which bounds its memory to about "
+        "40 bytes x depth per cached token in the worst case.",
+    )
+    suffix_decoding_max_spec_factor: float = Field(
+        1.0,
+        ge=0.0,
+        description="Draft at most max_spec_factor x match_length tokens.",
+    )
+    suffix_decoding_min_token_prob: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Stop a branch when its path probability falls below this.",
+    )
+    suffix_decoding_max_tree_nodes: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Node budget of the draft tree (default: the engine's number of "
+        "speculative tokens). Chain-only engines receive the best path.",
+    )
+
+
+#: method name -> config model. Extended by later methods.
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"suffix": SuffixConfig}
+
+
+def _describe_allowed(model: type[BaseModel], field: str) -> str:
+    info = model.model_fields.get(field)
+    if info is None:
+        return ""
+    ann = info.annotation
+    type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    bounds = []
+    for m in info.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            v = getattr(m, attr, None)
+            if v is not None:
+                bounds.append(f"{sym} {v}")
+    text = type_name + (" " + " and ".join(bounds) if bounds else "")
+    return f"allowed: {text}"
+
+
+def format_validation_error(
+    err: ValidationError, model: type[BaseModel], where: str
+) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(model.model_fields))
+            lines.append(f"{where}: unknown field '{field}'; allowed fields: {allowed}")
+            continue
+        got = e.get("input")
+        allowed = _describe_allowed(model, str(e["loc"][0])) if e["loc"] else ""
+        lines.append(
+            f"{where}: field '{field}' = {got!r}: {e['msg']}"
+            + (f" ({allowed})" if allowed else "")
+        )
+    return "\n".join(lines)
+
+
+def parse_method_config(
+    raw: Mapping[str, Any] | None,
+    *,
+    default_method: str | None = None,
+    where: str = "specpack config",
+) -> MethodConfig:
+    """Validate ``raw`` into the config model of its method.
+
+    ``default_method`` is the method implied by the engine entry point (e.g. the
+    vLLM class named in ``--speculative-config``); a different ``method`` in
+    ``raw`` is an error.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    raw = dict(raw)
+    method = raw.get("method", default_method)
+    allowed = ", ".join(sorted(METHOD_CONFIGS))
+    if method is None:
+        raise ConfigError(f"{where}: field 'method' is required; allowed values: {allowed}")
+    if method not in METHOD_CONFIGS:
+        raise ConfigError(
+            f"{where}: field 'method' = {method!r} is not a specpack method; "
+            f"allowed values: {allowed}"
+        )
+    if default_method is not None and method != default_method:
+        raise ConfigError(
+            f"{where}: field 'method' = {method!r} conflicts with the entry point, "
+            f"which runs {default_method!r}; drop 'method' or use the matching entry point"
+        )
+    raw["method"] = method
+    model = METHOD_CONFIGS[method]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, model, where)) from None
