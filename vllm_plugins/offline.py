@@ -6,7 +6,7 @@ each engine gets a fresh process::
     python -m specpack.vllm_plugins.offline --model DIR --prompts prompts.json \
         --max-tokens 64 [--speculative-config JSON] [--additional-config JSON] --out result.json
 
-``prompts.json`` is a JSON list of strings. The result holds per-prompt
+``prompts.json`` is a JSON list of prompts, each a string or a list of token ids. The result holds per-prompt
 output token ids and text, wall time, and vLLM's own spec-decode counters.
 """
 
@@ -36,7 +36,7 @@ def spec_decode_stats(metrics) -> dict:
     return out
 
 
-def run(model: str, prompts: list[str], max_tokens: int, speculative_config=None,
+def run(model: str, prompts: list, max_tokens: int, speculative_config=None,
         additional_config=None, max_num_seqs: int = 16, max_model_len: int = 2048) -> dict:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -46,10 +46,11 @@ def run(model: str, prompts: list[str], max_tokens: int, speculative_config=None
     llm = LLM(model=model, dtype="float32", enforce_eager=True,
               distributed_executor_backend="uni", max_model_len=max_model_len,
               max_num_seqs=max_num_seqs, seed=0, disable_log_stats=False,
-              speculative_config=speculative_config, additional_config=additional_config)
+              speculative_config=speculative_config, additional_config=additional_config or {})
     t1 = time.perf_counter()
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    outs = llm.generate(prompts, params, use_tqdm=False)
+    inputs = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in prompts]
+    outs = llm.generate(inputs, params, use_tqdm=False)
     t2 = time.perf_counter()
     result = {
         "token_ids": [list(o.outputs[0].token_ids) for o in outs],
@@ -67,7 +68,7 @@ def run(model: str, prompts: list[str], max_tokens: int, speculative_config=None
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--prompts", required=True, help="JSON file: list of prompt strings")
+    ap.add_argument("--prompts", required=True, help="JSON file: list of prompts (strings or token-id lists)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--speculative-config", default=None)

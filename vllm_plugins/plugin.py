@@ -74,12 +74,26 @@ def validate_engine_args(speculative_config, additional_config) -> str | None:
     return method
 
 
+def _setup_logging() -> None:
+    """Show specpack's INFO lines next to vLLM's, unless the app configured logging."""
+    root = logging.getLogger("specpack")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s",
+                                           "%m-%d %H:%M:%S"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
 def register() -> None:
     """Entry point called by ``vllm.plugins.load_general_plugins()``."""
     global _done
     if _done:
         return
     _done = True
+    _setup_logging()
     check_vllm_version()
     argv = sys.argv
     spec = _flag_value(argv, "--speculative-config")

@@ -61,6 +61,7 @@ class SpecpackProposer:
         self._content_resolver = ContentRowResolver()
         self._last_drafted: dict[Hashable, int] = {}
         self._errors = 0
+        self._mode = ""
         logger.info("specpack: %s proposer ready (k=%d, config=%s)",
                     self.method, self.k, self.proposer.config.model_dump())
 
@@ -78,9 +79,16 @@ class SpecpackProposer:
             if runner is not None:
                 r = self._runner_resolver = RunnerRowResolver(runner)
         if r is not None and r.owns(token_ids_cpu, len(sampled_token_ids)):
+            self._log_mode("request ids from the vLLM model runner")
             return r.resolve(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
+        self._log_mode("rows matched by content (no vLLM internals read)")
         return self._content_resolver.resolve(sampled_token_ids, num_tokens_no_spec,
                                               token_ids_cpu)
+
+    def _log_mode(self, mode: str) -> None:
+        if mode != self._mode:
+            self._mode = mode
+            logger.info("specpack: row tracking: %s", mode)
 
     def _log_error(self, where: str) -> None:
         self._errors += 1
