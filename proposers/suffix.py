@@ -27,7 +27,7 @@ import numpy as np
 
 from specpack.config import SuffixConfig
 from specpack.draft import Draft
-from specpack.protocols import Feedback, RequestView
+from specpack.protocols import Budget, Feedback, RequestView
 from specpack.proposers.suffix_trie import SuffixTrie, best_draft
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,20 @@ class SuffixProposer:
         )
         self._scratch = _Scratch(self.max_nodes)
         self._start_by_len = np.full(self.max_depth + 1, -1, np.int32)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel now, at engine
+        start-up, instead of during the first request."""
+        g = GlobalSuffixCache(self.max_depth, 1, 64)
+        g.add(np.array([1, 2, 1, 2], np.int32))
+        g.add(np.array([3, 4], np.int32))  # evicts: exercises removal
+        saved, self.global_cache = self.global_cache, g
+        try:
+            self.propose_one(RequestView(None, np.array([1, 2, 1], np.int32), Budget(2, 2)))
+        finally:
+            self.states.pop(None, None)
+            self.global_cache = saved
 
     # ------------------------------------------------------------ state
     def _state_for(self, view: RequestView) -> _RequestState:
@@ -207,7 +221,7 @@ class SuffixProposer:
             out = s.out
         if n == 0:
             return Draft.empty()
-        return Draft(out[0][:n].copy(), out[1][:n].copy(), out[2][:n].copy())
+        return Draft.trusted(out[0][:n].copy(), out[1][:n].copy(), out[2][:n].copy())
 
     # ------------------------------------------------------------ introspection
     def memory_bytes(self) -> int:

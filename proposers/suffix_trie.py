@@ -339,6 +339,8 @@ def best_draft(tok, cnt, fc, ns, start_by_len, max_match, trie_depth, max_depth,
         if u < 0 or fc[u] == -1:
             continue
         limit = min(max_nodes, int(spec_factor * m))
+        if limit <= best_score:
+            break  # a draft of `limit` nodes scores <= limit; shorter m only lower it
         depth = min(max_depth, trie_depth - m)
         if limit <= 0 or depth <= 0:
             continue

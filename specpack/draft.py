@@ -25,8 +25,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 _EMPTY_I32 = np.zeros(0, dtype=np.int32)
+
+
+@njit(cache=True)
+def _best_path(parents, weights):
+    """Indices of the root-to-leaf path with the largest weight sum (first leaf on ties)."""
+    n = parents.size
+    score = np.empty(n, np.float64)
+    has_child = np.zeros(n, np.bool_)
+    for i in range(n):
+        p = parents[i]
+        score[i] = weights[i] + (score[p] if p >= 0 else 0.0)
+        if p >= 0:
+            has_child[p] = True
+    best = -1
+    for i in range(n):
+        if not has_child[i] and (best < 0 or score[i] > score[best]):
+            best = i
+    depth = 0
+    u = best
+    while u >= 0:
+        depth += 1
+        u = parents[u]
+    path = np.empty(depth, np.int32)
+    u = best
+    for j in range(depth - 1, -1, -1):
+        path[j] = u
+        u = parents[u]
+    return path
 
 
 @dataclass(frozen=True)
@@ -64,6 +93,19 @@ class Draft:
             object.__setattr__(self, "probs", probs)
 
     # ------------------------------------------------------------ builders
+    @classmethod
+    def trusted(cls, tokens: np.ndarray, parents: np.ndarray,
+                probs: np.ndarray | None = None) -> "Draft":
+        """Build without validation, for proposers whose kernels guarantee a
+        valid tree: contiguous int32 ``tokens``/``parents`` with
+        ``-1 <= parents[i] < i`` and float32 ``probs`` of the same length."""
+        d = object.__new__(cls)
+        object.__setattr__(d, "tokens", tokens)
+        object.__setattr__(d, "parents", parents)
+        object.__setattr__(d, "probs", probs)
+        object.__setattr__(d, "_depths", None)
+        return d
+
     @classmethod
     def empty(cls) -> "Draft":
         return cls(_EMPTY_I32, _EMPTY_I32)
@@ -134,11 +176,7 @@ class Draft:
         if n == 0:
             return _EMPTY_I32
         weights = self.probs if self.probs is not None else np.ones(n, np.float32)
-        score = np.empty(n, dtype=np.float64)
-        for i, p in enumerate(self.parents.tolist()):
-            score[i] = weights[i] + (score[p] if p >= 0 else 0.0)
-        leaves = self.leaves()
-        return self.path_to(int(leaves[np.argmax(score[leaves])]))
+        return _best_path(self.parents, weights)
 
     def best_path_tokens(self) -> np.ndarray:
         return self.tokens[self.best_path()]

@@ -58,8 +58,9 @@ def successor_permutation(vocab_size: int, seed: int) -> "np.ndarray":
     return nxt
 
 
-def build_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> int:
-    """Train a byte-level BPE tokenizer on :data:`CORPUS`; return its vocab size."""
+def build_tokenizer(out_dir: str | Path, vocab_size: int = 512, texts=None) -> int:
+    """Train a byte-level BPE tokenizer on ``texts`` (default :data:`CORPUS`);
+    write ``tokenizer.json`` + ``tokenizer_config.json``; return its vocab size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     out = Path(out_dir)
@@ -73,7 +74,7 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> int:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(texts if texts is not None else CORPUS * 4, trainer=trainer)
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(
         json.dumps(
