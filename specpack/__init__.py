@@ -4,15 +4,32 @@ Core (this package) is engine-agnostic: the :class:`~specpack.draft.Draft`
 tree type, the proposer/policy protocols, validated configs and the method
 registry. Engine adapters live in ``specpack.vllm_plugins`` and
 ``specpack.sglang_plugins``.
+
+Imports here are lazy: engine plugin entry points import ``specpack`` in
+every engine process, and must not pull in numba/llvmlite before the engine
+has finished its own start-up (vLLM's CPU worker scans every loaded module
+at start-up and fails on llvmlite objects).
 """
 
-from specpack.config import ConfigError, parse_method_config
-from specpack.draft import Draft
-from specpack.protocols import Budget, Feedback, Policy, Proposer, RequestView
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Budget", "ConfigError", "Draft", "Feedback", "Policy", "Proposer",
-    "RequestView", "parse_method_config", "__version__",
-]
+_EXPORTS = {
+    "Budget": "specpack.protocols",
+    "ConfigError": "specpack.config",
+    "Draft": "specpack.draft",
+    "Feedback": "specpack.protocols",
+    "Policy": "specpack.protocols",
+    "Proposer": "specpack.protocols",
+    "RequestView": "specpack.protocols",
+    "parse_method_config": "specpack.config",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'specpack' has no attribute {name!r}")

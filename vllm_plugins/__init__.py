@@ -4,11 +4,23 @@ Name a class here in ``--speculative-config``::
 
     {"model": "specpack.vllm_plugins.SuffixDecoding", "num_speculative_tokens": 16}
 
-This package imports no vLLM module at import time; it reads what vLLM
-passes to the proposer. :mod:`specpack.vllm_plugins.plugin` is the
-``vllm.general_plugins`` entry point (version check, early config check).
+Classes are imported lazily (vLLM resolves them with ``getattr``), so the
+``vllm.general_plugins`` entry point :mod:`specpack.vllm_plugins.plugin`
+stays light: it imports neither vLLM nor numba.
 """
 
-from specpack.vllm_plugins.proposer import PROPOSER_CLASSES, SpecpackProposer, SuffixDecoding
+from importlib import import_module
 
-__all__ = ["PROPOSER_CLASSES", "SpecpackProposer", "SuffixDecoding"]
+_EXPORTS = {
+    "PROPOSER_CLASSES": "specpack.vllm_plugins.proposer",
+    "SpecpackProposer": "specpack.vllm_plugins.proposer",
+    "SuffixDecoding": "specpack.vllm_plugins.proposer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'specpack.vllm_plugins' has no attribute {name!r}")

@@ -6,7 +6,9 @@
   ``--additional-config`` *before* the engine starts, exiting with a message
   that names the bad field and the allowed values.
 
-It patches nothing in vLLM.
+It patches nothing in vLLM, and imports neither vLLM nor numba: vLLM's CPU
+worker scans all loaded modules right after loading plugins and fails on
+llvmlite objects, so heavy imports wait until the proposer is built.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import sys
 
 from specpack.config import ConfigError, parse_method_config
+from specpack.vllm_plugins.names import PROPOSER_METHODS
 from specpack.vllm_plugins.version import check_vllm_version
 
 logger = logging.getLogger("specpack.vllm")
@@ -38,8 +41,6 @@ def validate_engine_args(speculative_config, additional_config) -> str | None:
 
     Accepts dicts or JSON strings. Raises :class:`ConfigError`.
     """
-    from specpack.vllm_plugins.proposer import PROPOSER_CLASSES
-
     def load(value, flag):
         if value is None or isinstance(value, dict):
             return value or {}
@@ -56,10 +57,10 @@ def validate_engine_args(speculative_config, additional_config) -> str | None:
     if not isinstance(model, str) or not model.startswith(PREFIX):
         return None
     name = model[len(PREFIX):]
-    if name not in PROPOSER_CLASSES:
+    if name not in PROPOSER_METHODS:
         raise ConfigError(
             f"--speculative-config field 'model' = {model!r} is not a specpack proposer; "
-            f"allowed values: {', '.join(PREFIX + n for n in sorted(PROPOSER_CLASSES))}"
+            f"allowed values: {', '.join(PREFIX + n for n in sorted(PROPOSER_METHODS))}"
         )
     k = spec.get("num_speculative_tokens")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -68,7 +69,7 @@ def validate_engine_args(speculative_config, additional_config) -> str | None:
             "a specpack proposer needs an integer >= 1"
         )
     extra = load(additional_config, "--additional-config")
-    method = PROPOSER_CLASSES[name].method
+    method = PROPOSER_METHODS[name]
     parse_method_config(extra.get("specpack", {}), default_method=method,
                         where="--additional-config specpack")
     return method

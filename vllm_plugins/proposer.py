@@ -23,6 +23,7 @@ import numpy as np
 from specpack.config import ConfigError
 from specpack.protocols import Budget, Feedback, RequestView
 from specpack.registry import build_proposer
+from specpack.vllm_plugins.names import PROPOSER_METHODS
 from specpack.vllm_plugins.rows import ContentRowResolver, RunnerRowResolver, find_runner
 from specpack.vllm_plugins.version import check_vllm_version, installed_vllm_version, is_tested
 
@@ -170,3 +171,4 @@ class SuffixDecoding(SpecpackProposer):
 
 #: Entry points users may name in ``--speculative-config``'s ``model``.
 PROPOSER_CLASSES: dict[str, type[SpecpackProposer]] = {"SuffixDecoding": SuffixDecoding}
+assert {n: c.method for n, c in PROPOSER_CLASSES.items()} == PROPOSER_METHODS

@@ -93,7 +93,7 @@ def server(tiny_model_dir, tmp_path_factory):
     env = engine_env()
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir,
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",  # default executor, as users run it
            "--max-model-len", "2048", "--max-num-seqs", "16", "--seed", "0",
            "--speculative-config", json.dumps(SPEC), "--additional-config", json.dumps(EXTRA)]
     with open(log, "w") as f:

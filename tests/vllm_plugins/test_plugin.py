@@ -65,3 +65,19 @@ def test_register_rejects_bad_server_args_before_engine_start():
     assert r.returncode == 1
     assert "server not started" in r.stderr
     assert "'suffix_decoding_min_token_prob' = 3" in r.stderr and "<= 1.0" in r.stderr
+
+
+def test_plugin_load_imports_no_numba_or_vllm():
+    """vLLM's CPU worker scans every loaded module right after plugins load and
+    crashes on llvmlite objects: the entry point must stay light, even when it
+    validates a server's --speculative-config."""
+    code = (
+        "import sys, json; sys.argv = ['api_server', '--speculative-config', "
+        f"{json.dumps(json.dumps(SPEC))}];"
+        "from specpack.vllm_plugins.plugin import register; register();"
+        "import specpack.vllm_plugins as vp; assert vp.__name__;"
+        "bad = [m for m in ('numba', 'llvmlite', 'vllm', 'torch') if m in sys.modules];"
+        "print('loaded:', bad); assert not bad"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
