@@ -82,8 +82,25 @@ class SuffixConfig(MethodConfig):
     )
 
 
+class DraftModelConfig(MethodConfig):
+    """A small causal LM drafts for the target (Leviathan et al., 2023; Chen
+    et al., 2023); ``tree`` mode expands the ``tree_width`` most likely (greedy)
+    or ``tree_width`` sampled (temperature > 0) children per node, keeping the
+    nodes with the highest path probability prod q (SpecInfer-style top-k
+    tree)."""
+
+    method: Literal["draft_model"] = "draft_model"
+    draft_model: str = Field(..., min_length=1, description="Path of a transformers causal LM "
+                             "sharing the target's tokenizer.")
+    mode: Literal["chain", "tree"] = Field("chain", description="Draft a chain or a tree.")
+    tree_width: int = Field(4, ge=1, le=64, description="Children per expanded node (tree mode).")
+    max_expand: int = Field(8, ge=1, le=256, description="Nodes expanded per tree level.")
+    seed: int = Field(0, description="Seed of the drafter's sampling.")
+
+
 #: method name -> config model. Extended by later methods.
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"suffix": SuffixConfig}
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"suffix": SuffixConfig,
+                                                 "draft_model": DraftModelConfig}
 
 
 def _describe_allowed(model: type[BaseModel], field: str) -> str:

@@ -15,6 +15,11 @@ Derived views used by verifiers:
   when the root sits at position ``base``;
 * ``ancestor_mask()[i, j]`` is true iff ``j`` is ``i`` or an ancestor of
   ``i`` (the tree-attention mask over the draft block, SpecInfer §4);
+* ``dists`` (optional, ``[n + 1, V]``): row 0 is the draft distribution the
+  root's children were drawn from, row ``i + 1`` that of node ``i``'s
+  children. When present, the children of a node are promised to be i.i.d.
+  samples from that row, which lets the stochastic verifier use the
+  ``min(1, p/q)`` rule; without it drafts are treated as deterministic.
 * ``best_path()`` is the root-to-leaf path with the highest score: the sum of
   node probabilities along it when ``probs`` is known (expected number of
   accepted tokens under independent acceptance), otherwise its length.
@@ -65,6 +70,7 @@ class Draft:
     tokens: np.ndarray
     parents: np.ndarray
     probs: np.ndarray | None = None
+    dists: np.ndarray | None = None
     _depths: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,11 +97,19 @@ class Draft:
                     f"Draft.probs has {probs.size} entries for {n} nodes"
                 )
             object.__setattr__(self, "probs", probs)
+        if self.dists is not None:
+            dists = np.asarray(self.dists, dtype=np.float32)
+            if dists.ndim != 2 or dists.shape[0] != n + 1:
+                raise ValueError(
+                    f"Draft.dists must have shape [n_nodes + 1, vocab] = [{n + 1}, V], "
+                    f"got {list(dists.shape)}"
+                )
+            object.__setattr__(self, "dists", dists)
 
     # ------------------------------------------------------------ builders
     @classmethod
     def trusted(cls, tokens: np.ndarray, parents: np.ndarray,
-                probs: np.ndarray | None = None) -> "Draft":
+                probs: np.ndarray | None = None, dists: np.ndarray | None = None) -> "Draft":
         """Build without validation, for proposers whose kernels guarantee a
         valid tree: contiguous int32 ``tokens``/``parents`` with
         ``-1 <= parents[i] < i`` and float32 ``probs`` of the same length."""
@@ -103,6 +117,7 @@ class Draft:
         object.__setattr__(d, "tokens", tokens)
         object.__setattr__(d, "parents", parents)
         object.__setattr__(d, "probs", probs)
+        object.__setattr__(d, "dists", dists)
         object.__setattr__(d, "_depths", None)
         return d
 
@@ -201,4 +216,5 @@ class Draft:
         par = self.parents[idx]
         new_par = np.where(par >= 0, remap[np.maximum(par, 0)], -1).astype(np.int32)
         probs = None if self.probs is None else self.probs[idx]
-        return Draft(self.tokens[idx], new_par, probs)
+        dists = None if self.dists is None else self.dists[np.r_[0, idx + 1]]
+        return Draft(self.tokens[idx], new_par, probs, dists)

@@ -34,7 +34,8 @@ class RequestView:
     token), usually a view into engine memory: read it, never keep it.
     ``num_prompt_tokens`` is the prompt length when the engine knows it, else
     ``-1``. ``accepted`` is the number of draft tokens accepted at the previous
-    step (``-1`` at the first step of a request).
+    step (``-1`` at the first step of a request). ``temperature``/``top_p`` are
+    the request's sampling settings (0 = greedy), for drafters that sample.
     """
 
     key: Hashable
@@ -42,6 +43,8 @@ class RequestView:
     budget: Budget
     accepted: int = -1
     num_prompt_tokens: int = -1
+    temperature: float = 0.0
+    top_p: float = 1.0
 
 
 @dataclass(frozen=True)

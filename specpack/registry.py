@@ -13,7 +13,14 @@ def _suffix(config: MethodConfig, max_nodes: int):
     return SuffixProposer(config, max_nodes=max_nodes)  # type: ignore[arg-type]
 
 
-FACTORIES: dict[str, Callable[[MethodConfig, int], Any]] = {"suffix": _suffix}
+def _draft_model(config: MethodConfig, max_nodes: int):
+    from specpack.proposers.draft_model import DraftModelProposer
+
+    return DraftModelProposer.from_config(config, max_nodes=max_nodes)  # type: ignore[arg-type]
+
+
+FACTORIES: dict[str, Callable[[MethodConfig, int], Any]] = {"suffix": _suffix,
+                                                            "draft_model": _draft_model}
 assert FACTORIES.keys() == METHOD_CONFIGS.keys()
 
 

@@ -151,3 +151,21 @@ def build_tiny_llama(
         model.lm_head.weight[config.eos_token_id].fill_(0.0)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def tiny_vocab_llama(vocab_size: int = 6, *, seed: int = 0, hidden_size: int = 64,
+                     num_layers: int = 2, init_std: float = 0.15):
+    """An in-memory Llama over a tiny vocabulary (no tokenizer), for exact
+    distribution tests: all ``vocab_size ** k`` continuations can be
+    enumerated."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                         intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                         max_position_embeddings=256, initializer_range=init_std,
+                         bos_token_id=0, eos_token_id=None, pad_token_id=None,
+                         tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(torch.float32).eval()
