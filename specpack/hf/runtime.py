@@ -165,11 +165,13 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
                     res = greedy_verify(d, lg.argmax(-1))
                 else:
                     res = (verifier or sample_verify)(d, process_logits(lg, temperature, top_p), gen)
-                lm.commit(keys[i], [0] + [a + 1 for a in res.accepted_nodes])
                 room = max_new_tokens - len(outputs[i])
                 new = res.tokens[:room]
                 if eos_token_id is not None and eos_token_id in new:
                     new = new[: new.index(eos_token_id) + 1]
+                # cache = committed tokens minus the newest (the next root): keep
+                # the root and the accepted nodes that precede the newest token
+                lm.commit(keys[i], [0] + [a + 1 for a in res.accepted_nodes[: len(new) - 1]])
                 outputs[i].extend(new)
                 committed[i].extend(new)
                 st = stats[i]
