@@ -99,6 +99,42 @@ def cmd_methods(a: argparse.Namespace) -> None:
             print(f"  {name} = {f.default!r}: {f.description or ''}")
 
 
+def cmd_generate(a: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specpack.config import ConfigError
+    from specpack.hf import generate
+    from specpack.registry import build_proposer
+
+    try:
+        settings = json.loads(a.config) if a.config else {}
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"invalid: --config is not valid JSON: {e}") from None
+    if a.method == "draft_model":
+        if not a.draft and "draft_model" not in settings:
+            raise SystemExit("invalid: --method draft_model needs --draft PATH")
+        settings.setdefault("draft_model", a.draft)
+    proposer = None
+    if a.method != "none":
+        try:
+            proposer = build_proposer(settings, method=a.method, max_nodes=a.max_nodes,
+                                      where="--config")
+        except ConfigError as e:
+            raise SystemExit(f"invalid: {e}") from None
+    tok = AutoTokenizer.from_pretrained(a.target)
+    target = AutoModelForCausalLM.from_pretrained(a.target, dtype=torch.float32)
+    prompts = [tok(p, add_special_tokens=False).input_ids for p in a.prompt]
+    res = generate(target, prompts, proposer, max_new_tokens=a.max_new_tokens,
+                   temperature=a.temperature, top_p=a.top_p, seed=a.seed,
+                   max_nodes=a.max_nodes, max_depth=a.max_depth)
+    for p, out in zip(a.prompt, res.tokens):
+        print("--- prompt ---\n" + p)
+        print("--- output ---\n" + tok.decode(out))
+    print("--- statistics ---")
+    print(json.dumps({"method": a.method, **res.summary()}, indent=2))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="specpack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -113,6 +149,19 @@ def main(argv=None) -> None:
     c.add_argument("--speculative-config", required=True)
     c.add_argument("--additional-config", default=None)
     c.set_defaults(func=cmd_check_config)
+    g = sub.add_parser("generate", help="speculative decoding on the transformers reference runtime")
+    g.add_argument("--target", required=True, help="HF checkpoint dir of the target (with tokenizer)")
+    g.add_argument("--draft", default=None, help="HF checkpoint dir of a draft model")
+    g.add_argument("--method", default="suffix", choices=["none", "suffix", "draft_model"])
+    g.add_argument("--config", default=None, help="JSON object of method settings")
+    g.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-nodes", type=int, default=8)
+    g.add_argument("--max-depth", type=int, default=8)
+    g.set_defaults(func=cmd_generate)
     m = sub.add_parser("methods", help="list methods, their vLLM class and settings")
     m.set_defaults(func=cmd_methods)
     a = ap.parse_args(argv)
