@@ -135,6 +135,29 @@ def cmd_generate(a: argparse.Namespace) -> None:
     print(json.dumps({"method": a.method, **res.summary()}, indent=2))
 
 
+def cmd_bench(a: argparse.Namespace) -> None:
+    from specpack.bench.run import bench
+    from specpack.bench.workload import BUILTIN_DIR, WorkloadError
+
+    try:
+        a.concurrency = [int(c) for c in a.concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise SystemExit(f"invalid: --concurrency {a.concurrency!r}: comma-separated integers") from None
+    if not a.concurrency or min(a.concurrency) < 1:
+        raise SystemExit("invalid: --concurrency needs integers >= 1")
+    if a.target is None:
+        from specpack.models import available, default_draft, default_target
+
+        if not available():
+            raise SystemExit("invalid: no --target given and the embedded default model is missing")
+        a.target, a.draft = default_target(), a.draft or default_draft()
+    a.workload = a.workload or str(BUILTIN_DIR / "default.jsonl")
+    try:
+        bench(a)
+    except (ValueError, WorkloadError) as e:
+        raise SystemExit(f"invalid: {e}") from None
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="specpack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -162,6 +185,20 @@ def main(argv=None) -> None:
     g.add_argument("--max-nodes", type=int, default=8)
     g.add_argument("--max-depth", type=int, default=8)
     g.set_defaults(func=cmd_generate)
+    b = sub.add_parser("bench", help="measure methods side by side on one engine, in one run")
+    b.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    b.add_argument("--target", default=None, help="HF checkpoint dir (default: embedded pair)")
+    b.add_argument("--draft", default=None, help="draft checkpoint dir (enables draft_model methods)")
+    b.add_argument("--methods", default="specpack:suffix",
+                   help="comma list: none, vllm:ngram, vllm:draft_model, specpack:suffix, "
+                        "specpack:draft_model (hf); none and built-ins are always added")
+    b.add_argument("--workload", default=None, help="JSONL file (default: built-in workloads)")
+    b.add_argument("--concurrency", default="1,16")
+    b.add_argument("--num-speculative-tokens", type=int, default=8)
+    b.add_argument("--server", action="store_true", help="vLLM: serve and drive with HTTP clients")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default="bench-out")
+    b.set_defaults(func=cmd_bench)
     m = sub.add_parser("methods", help="list methods, their vLLM class and settings")
     m.set_defaults(func=cmd_methods)
     a = ap.parse_args(argv)

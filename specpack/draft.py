@@ -126,9 +126,9 @@ class Draft:
         return cls(_EMPTY_I32, _EMPTY_I32)
 
     @classmethod
-    def chain(cls, tokens, probs=None) -> "Draft":
+    def chain(cls, tokens, probs=None, dists=None) -> "Draft":
         tokens = np.asarray(tokens, dtype=np.int32).reshape(-1)
-        return cls(tokens, np.arange(-1, tokens.size - 1, dtype=np.int32), probs)
+        return cls(tokens, np.arange(-1, tokens.size - 1, dtype=np.int32), probs, dists)
 
     # ------------------------------------------------------------ views
     def __len__(self) -> int:

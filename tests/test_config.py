@@ -48,10 +48,14 @@ def test_out_of_range(field, value, bound):
 
 def test_unknown_and_conflicting_method():
     msg = err({"method": "medusa"})
-    assert "'method'" in msg and "'medusa'" in msg and "allowed values: suffix" in msg
+    assert "'method'" in msg and "'medusa'" in msg and "allowed values: draft_model, suffix" in msg
     assert "required" in err({})
     msg = err({"method": "nope"}, default_method="suffix")
-    assert "allowed values: suffix" in msg
+    assert "allowed values: draft_model, suffix" in msg
+    msg = err({"method": "draft_model"}, default_method="suffix")
+    assert "conflicts with the entry point" in msg
+    msg = err({"method": "draft_model"})
+    assert "'draft_model'" in msg and "required" in msg.lower()
 
 
 def test_not_an_object():

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["specpack", "specpack.proposers", "specpack.kernels", "specpack.vllm_plugins",
+PACKAGES = ["specpack", "specpack.proposers", "specpack.kernels", "specpack.vllm_plugins", "specpack.hf", "specpack.bench", "specpack.models",
             "specpack.sglang_plugins", "specpack.testing"]
 
 

@@ -1,0 +1,133 @@
+"""Drive ``specpack bench``: every method, every phase, one run, one report."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from specpack.bench.methods import Method, parse_methods, vllm_configs
+from specpack.bench.report import summarise, write
+from specpack.bench.workload import by_category, load_workload
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="phase", file=sys.stderr, dynamic_ncols=True)
+
+
+def _max_model_len(cats: dict, tokenizer_path: str) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    longest = max(len(tok(r.prompt, add_special_tokens=False).input_ids) + r.max_new_tokens
+                  for reqs in cats.values() for r in reqs)
+    return int(longest + 64)
+
+
+def run_vllm_offline(method: Method, args, cats: dict, max_len: int, workdir: Path) -> dict:
+    spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens)
+    job = {"model": args.target, "speculative_config": spec, "additional_config": extra,
+           "concurrency": args.concurrency, "seed": args.seed, "max_model_len": max_len,
+           "categories": {c: [r.__dict__ for r in reqs] for c, reqs in cats.items()}}
+    name = method.name.replace(":", "_")
+    jf, out, log = workdir / f"{name}.job.json", workdir / f"{name}.out.json", workdir / f"{name}.log"
+    jf.write_text(json.dumps(job))
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "specpack.bench.vllm_worker", "--spec", str(jf),
+                            "--out", str(out)], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if r.returncode != 0:
+        sys.stderr.write(log.read_text()[-4000:])
+        raise SystemExit(f"bench: vLLM run for {method.name} failed (log: {log})")
+    return json.loads(out.read_text())
+
+
+def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specpack.config import DraftModelConfig
+    from specpack.hf import generate
+    from specpack.proposers.draft_model import DraftModelProposer
+    from specpack.proposers.suffix import SuffixProposer
+
+    if "target" not in state:
+        state["tok"] = AutoTokenizer.from_pretrained(args.target)
+        state["target"] = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32)
+        if args.draft:
+            state["draft"] = AutoModelForCausalLM.from_pretrained(args.draft, dtype=torch.float32)
+    tok, k = state["tok"], args.num_speculative_tokens
+    phases = []
+    for c in args.concurrency:
+        for cat, reqs in cats.items():
+            if method.name == "none":
+                prop, nodes, depth = None, k, k
+            elif method.name == "specpack:suffix":
+                prop, nodes, depth = SuffixProposer(max_nodes=k), k, k
+            else:
+                prop = DraftModelProposer(state["draft"], DraftModelConfig(draft_model=args.draft),
+                                          max_nodes=min(k, 4))
+                nodes = depth = min(k, 4)
+            prompts = [tok(r.prompt, add_special_tokens=False).input_ids for r in reqs]
+            mnt = max(r.max_new_tokens for r in reqs)
+            res = generate(state["target"], prompts, prop, max_new_tokens=mnt, max_nodes=nodes,
+                           max_depth=depth, batch_size=c, seed=args.seed)
+            # per-request budgets differ: cut each output to its own max_new_tokens
+            outs = [t[: r.max_new_tokens] for t, r in zip(res.tokens, reqs)]
+            n_tok = sum(len(t) for t in outs)
+            per_tok = res.wall_s * min(c, len(reqs)) / max(1, n_tok)
+            phases.append({
+                "concurrency": c, "category": cat, "wall_s": res.wall_s, "tau": res.tau,
+                "acceptance_by_position": res.acceptance_by_position,
+                "spec": {"num_drafts": sum(1 for s in res.stats for _ in range(s.steps)),
+                         "num_accepted_tokens": sum(s.accepted for s in res.stats)},
+                "requests": [{"tokens": t, "tpot_s": per_tok} for t in outs],
+            })
+    return {"phases": phases}
+
+
+def bench(args) -> dict:
+    methods = parse_methods(args.methods, args.engine, args.draft)
+    reqs = load_workload(args.workload)
+    cats = by_category(reqs)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="specpack-bench-", dir=out_dir))
+    results: dict[str, dict] = {}
+    t0 = time.time()
+    bar = _progress(len(methods) * len(args.concurrency) * len(cats), f"bench {args.engine}")
+    state: dict = {}
+    max_len = _max_model_len(cats, args.target) if args.engine == "vllm" else 0
+    for m in methods:
+        bar.set_postfix_str(m.name)
+        if args.engine == "hf":
+            results[m.name] = run_hf(m, args, cats, state)
+        elif args.server:
+            from specpack.bench.server import run_vllm_server
+
+            results[m.name] = run_vllm_server(m, args, cats, max_len, workdir)
+        else:
+            results[m.name] = run_vllm_offline(m, args, cats, max_len, workdir)
+        bar.update(len(args.concurrency) * len(cats))
+    bar.close()
+    rows = summarise(results, {m.name for m in methods if m.builtin})
+    meta = {"engine": args.engine + (" (server)" if args.server else ""), "target": args.target,
+            "draft": args.draft, "workload": str(args.workload), "seed": args.seed,
+            "concurrency": args.concurrency, "methods": [m.name for m in methods],
+            "num_speculative_tokens": args.num_speculative_tokens,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version()},
+            "wall_s": round(time.time() - t0, 1)}
+    doc = write(out_dir, meta, results, rows)
+    print((out_dir / "bench.md").read_text())
+    print(f"wrote {out_dir / 'bench.json'}, {out_dir / 'bench.md'}, "
+          + ", ".join(str(out_dir / p) for p in doc["plots"]))
+    return doc
