@@ -19,16 +19,97 @@ verifier keeps the accepted path only (KV compaction, no recompute).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Hashable, Sequence
 
 import numpy as np
 import torch
 
+TREE_ATTENTION_NAME = "specpack_tree"
+
+
+def _tree_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                            specpack_tree=None, **kwargs):
+    """transformers attention function: :func:`specpack.kernels.tree_attention`
+    over the padded batch cache when ``specpack_tree`` metadata is passed,
+    plain SDPA otherwise. The padded cache ``[B, Hkv, L_max + T_max, D]`` is
+    read as a paged cache with page size 1 whose block table maps each
+    request's logical positions (prefix, then tree block) to its rows."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if specpack_tree is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    from specpack.kernels.tree_attention import tree_attention
+
+    meta = specpack_tree
+    B, Hq, Tm, D = query.shape
+    Hkv, S = key.shape[1], key.shape[2]
+    q = query.transpose(1, 2).reshape(B * Tm, Hq, D).index_select(0, meta["q_index"])
+    kc = key.transpose(1, 2).reshape(B * S, 1, Hkv, D)
+    vc = value.transpose(1, 2).reshape(B * S, 1, Hkv, D)
+    out = tree_attention(q, kc, vc, meta["table"], meta["prefix_lens"], meta["cu_tree"],
+                         meta["bits"], scale=scaling, backend=meta["backend"])
+    full = query.new_zeros(B * Tm, Hq, D)
+    full.index_copy_(0, meta["q_index"], out.to(full.dtype))
+    return full.view(B, Tm, Hq, D), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    if TREE_ATTENTION_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(TREE_ATTENTION_NAME, _tree_attention_forward)
+
+
+@contextmanager
+def _attn_implementation(model, name: str):
+    cfg = model.config
+    old = cfg._attn_implementation
+    cfg._attn_implementation = name
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = old
+
+
+def _tree_meta(L: list[int], T: list[int], masks: Sequence[np.ndarray], backend: str,
+               device) -> dict:
+    """Block table (page size 1), packed query index and bit-packed masks."""
+    B, Lm, Tm = len(L), max(L), max(T)
+    S = Lm + Tm
+    table = np.zeros((B, S), np.int32)
+    q_index = []
+    for b in range(B):
+        base = b * S
+        table[b, :L[b]] = base + np.arange(L[b])
+        table[b, L[b]:L[b] + T[b]] = base + Lm + np.arange(T[b])
+        q_index.extend(range(b * Tm, b * Tm + T[b]))
+    Wmax = max(T)
+    W = (Wmax + 31) // 32
+    bits = np.zeros((sum(T), W), np.int64)
+    row = 0
+    for b in range(B):
+        m = np.zeros((T[b], W * 32), bool)
+        m[:, :T[b]] = masks[b]
+        bits[row:row + T[b]] = (m.reshape(T[b], W, 32) * (1 << np.arange(32, dtype=np.int64))).sum(-1)
+        row += T[b]
+    bits = np.where(bits >= 2**31, bits - 2**32, bits).astype(np.int32)
+    return {"table": torch.as_tensor(table, device=device),
+            "q_index": torch.as_tensor(q_index, dtype=torch.long, device=device),
+            "prefix_lens": torch.as_tensor(L, dtype=torch.int32, device=device),
+            "cu_tree": torch.as_tensor(np.concatenate([[0], np.cumsum(T)]), dtype=torch.int32,
+                                       device=device),
+            "bits": torch.as_tensor(bits, device=device), "backend": backend}
+
 
 class CachedLM:
     """Per-request KV caches around a ``transformers`` causal LM (eval mode)."""
 
-    def __init__(self, model, max_requests: int = 1024):
+    def __init__(self, model, max_requests: int = 1024, tree_attention: str | None = None):
+        """``tree_attention``: None = dense 4D-mask SDPA for every forward;
+        a backend name (``auto``, ``torch``, ``triton``, ``flashinfer``) = run
+        forwards with ``tree=True`` through :func:`specpack.kernels.tree_attention`."""
         self.model = model.eval()
         self.dtype = next(model.parameters()).dtype
         self.device = next(model.parameters()).device
@@ -37,6 +118,9 @@ class CachedLM:
         self.kv: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor]] | None] = {}
         self.tokens: dict[Hashable, list[int]] = {}
         self._pending: dict[Hashable, tuple[list, list[int]]] = {}
+        self.tree_attention = tree_attention
+        if tree_attention is not None:
+            _register_attention()
 
     # ------------------------------------------------------------ bookkeeping
     def length(self, key: Hashable) -> int:
@@ -66,8 +150,12 @@ class CachedLM:
     @torch.no_grad()
     def forward(self, keys: Sequence[Hashable], new_tokens: Sequence[Sequence[int]],
                 positions: Sequence[Sequence[int]], new_mask: Sequence[np.ndarray],
-                past_visible: Sequence[np.ndarray | None] | None = None) -> list[torch.Tensor]:
-        """Run one ragged batch; return float32 logits ``[T_b, V]`` per request."""
+                past_visible: Sequence[np.ndarray | None] | None = None,
+                tree: bool = False) -> list[torch.Tensor]:
+        """Run one ragged batch; return float32 logits ``[T_b, V]`` per request.
+
+        ``tree=True`` (prefix fully visible, ``new_mask`` = tree mask) runs
+        attention through the tree-attention kernels when enabled."""
         B = len(keys)
         T = [len(t) for t in new_tokens]
         Tm = max(T)
@@ -113,8 +201,14 @@ class CachedLM:
             from transformers import DynamicCache
 
             past = DynamicCache(ddp_cache_data=layers)
-        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
-                         past_key_values=past, use_cache=True)
+        if tree and self.tree_attention is not None and past_visible is None:
+            meta = _tree_meta(L, T, new_mask, self.tree_attention, self.device)
+            with _attn_implementation(self.model, TREE_ATTENTION_NAME):
+                out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
+                                 past_key_values=past, use_cache=True, specpack_tree=meta)
+        else:
+            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
+                             past_key_values=past, use_cache=True)
         cache = out.past_key_values
         new_layers = [(layer.keys[:, :, Lm:], layer.values[:, :, Lm:]) for layer in cache.layers]
         logits = out.logits.float()

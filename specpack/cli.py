@@ -4,72 +4,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-DEMO_PROMPT = (
-    "def add(a, b):\n    return a + b\n\n"
-    "def add_three(a, b, c):\n    return add(add(a, b), c)\n\n"
-    "def add_four(a, b, c, d):\n"
-)
-
-
-def _run_vllm(model: str, prompts: list, max_tokens: int, spec: dict | None,
-              extra: dict | None, workdir: Path, name: str) -> dict:
-    pfile = workdir / f"{name}-prompts.json"
-    pfile.write_text(json.dumps(prompts))
-    out = workdir / f"{name}.json"
-    cmd = [sys.executable, "-m", "specpack.vllm_plugins.offline", "--model", model,
-           "--prompts", str(pfile), "--max-tokens", str(max_tokens), "--out", str(out)]
-    if spec:
-        cmd += ["--speculative-config", json.dumps(spec)]
-    if extra:
-        cmd += ["--additional-config", json.dumps(extra)]
-    env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    log = workdir / f"{name}.log"
-    with open(log, "w") as f:
-        r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        sys.stderr.write(log.read_text()[-4000:])
-        raise SystemExit(f"vLLM run '{name}' failed (log: {log})")
-    return json.loads(out.read_text())
-
-
 def cmd_demo(a: argparse.Namespace) -> None:
+    """The embedded default pair through vLLM: specpack suffix vs no speculation
+    vs vLLM ngram, as a short bench table, plus one generation of each."""
+    from specpack.bench.run import bench
+    from specpack.bench.workload import BUILTIN_DIR
+    from specpack.models import available, default_target
+
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="specpack-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     model = a.model
     if model is None:
-        from specpack.testing.tiny_models import build_tiny_llama
+        if not available():
+            raise SystemExit("the embedded default model is missing (specpack/models/default); "
+                             "rebuild it with: python -m specpack.models.train")
+        model = default_target()
+    print(f"target: {model}\nrunning vLLM: no speculation, vLLM ngram, specpack suffix ...",
+          flush=True)
+    args = argparse.Namespace(
+        engine="vllm", target=model, draft=None, methods="specpack:suffix",
+        workload=str(BUILTIN_DIR / "demo.jsonl"), concurrency=[1],
+        num_speculative_tokens=a.num_speculative_tokens, server=False, seed=0, out=str(workdir))
+    doc = bench(args)
+    from transformers import AutoTokenizer
 
-        model = str(build_tiny_llama(workdir / "tiny-llama"))
-        print(f"built a tiny seeded Llama + tokenizer in {model} (no model hub)")
-    prompts = [a.prompt] * 1
-    spec = {"model": "specpack.vllm_plugins.SuffixDecoding",
-            "num_speculative_tokens": a.num_speculative_tokens}
-    print("running vLLM without speculation ...", flush=True)
-    base = _run_vllm(model, prompts, a.max_tokens, None, None, workdir, "no-spec")
-    print("running vLLM with specpack SuffixDecoding ...", flush=True)
-    sfx = _run_vllm(model, prompts, a.max_tokens, spec, {"specpack": {}}, workdir, "suffix")
-    same = base["token_ids"] == sfx["token_ids"]
-    print("\n--- prompt ---\n" + a.prompt)
-    print("--- output without speculation ---\n" + base["texts"][0])
-    print("--- output with specpack SuffixDecoding ---\n" + sfx["texts"][0])
-    s = sfx["spec"]
-    print("\n| run | output tokens | tokens/s | mean acceptance length |")
-    print("|---|---|---|---|")
-    print(f"| vLLM, no speculation | {base['output_tokens']} | {base['tokens_per_s']:.1f} | 1.00 |")
-    print(f"| vLLM + specpack SuffixDecoding (k={a.num_speculative_tokens}) | "
-          f"{sfx['output_tokens']} | {sfx['tokens_per_s']:.1f} | {s['mean_acceptance_length']:.2f} |")
-    print(f"\ngreedy outputs identical: {same}; drafts: {s['num_drafts']}, "
-          f"draft tokens: {s['num_draft_tokens']}, accepted: {s['num_accepted_tokens']}")
-    if not same:
-        raise SystemExit("outputs differ: speculative decoding was not lossless")
+    tok = AutoTokenizer.from_pretrained(model)
+    first = doc["raw"]["none"]["phases"][0]
+    cat = first["category"]
+    from specpack.bench.workload import load_workload
+
+    prompt = next(r.prompt for r in load_workload(args.workload) if r.category == cat)
+    print("--- prompt (" + cat + ") ---\n" + prompt)
+    for m in ("none", "specpack:suffix"):
+        ph = next(p for p in doc["raw"][m]["phases"] if p["category"] == cat)
+        print(f"--- output, {m} ---\n" + tok.decode(ph["requests"][0]["tokens"]))
+    if not all(r["greedy_match"] for r in doc["rows"]):
+        raise SystemExit("outputs differ from no speculation: not lossless")
+    print("greedy outputs identical to no speculation for every method and prompt")
 
 
 def cmd_check_config(a: argparse.Namespace) -> None:
@@ -161,10 +134,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="specpack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="one generation through vLLM with and without specpack")
-    d.add_argument("--model", default=None, help="HF checkpoint dir (default: build a tiny one)")
-    d.add_argument("--prompt", default=DEMO_PROMPT)
-    d.add_argument("--max-tokens", type=int, default=384)
+    d = sub.add_parser("demo", help="embedded model through vLLM: suffix vs none vs ngram")
+    d.add_argument("--model", default=None, help="HF checkpoint dir (default: embedded pair)")
     d.add_argument("--num-speculative-tokens", type=int, default=8)
     d.add_argument("--workdir", default=None)
     d.set_defaults(func=cmd_demo)

@@ -18,14 +18,12 @@ import logging
 import sys
 from typing import Any, ClassVar, Hashable
 
-import numpy as np
-
 from specpack.config import ConfigError
 from specpack.protocols import Budget, Feedback, RequestView
 from specpack.registry import build_proposer
 from specpack.vllm_plugins.names import PROPOSER_METHODS
 from specpack.vllm_plugins.rows import ContentRowResolver, RunnerRowResolver, find_runner
-from specpack.vllm_plugins.version import check_vllm_version, installed_vllm_version, is_tested
+from specpack.vllm_plugins.version import installed_vllm_version, is_tested
 
 logger = logging.getLogger("specpack.vllm")
 

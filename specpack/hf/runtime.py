@@ -98,7 +98,7 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
              max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
              seed: int = 0, max_nodes: int = 8, max_depth: int = 8,
              eos_token_id: int | None = None, batch_size: int | None = None,
-             on_step=None, verifier=None) -> GenerateResult:
+             on_step=None, verifier=None, tree_attention: str | None = "auto") -> GenerateResult:
     """Speculative decoding of ``prompts`` (token-id lists) with ``target``.
 
     ``proposer`` implements :class:`~specpack.protocols.Proposer` (None = plain
@@ -108,12 +108,15 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
     ``on_step(lm, keys, committed)`` is called after each step (tests inspect
     the cache). ``verifier(draft, probs, generator)`` replaces the stochastic
     verifier (tests use it to show a broken one is caught).
+    ``tree_attention``: backend of :func:`specpack.kernels.tree_attention` for
+    verification forwards (``auto``: FlashInfer > Triton > torch reference),
+    or None for transformers' SDPA with a dense 4D mask.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    lm = target if isinstance(target, CachedLM) else CachedLM(target)
+    lm = target if isinstance(target, CachedLM) else CachedLM(target, tree_attention=tree_attention)
     gen = torch.Generator().manual_seed(seed)
     n = len(prompts)
     batch_size = batch_size or n
@@ -158,7 +161,7 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
                     m[1:, 1:] = d.ancestor_mask()
                 m[0, 0] = True
                 fw_mask.append(m)
-            logits = lm.forward([keys[i] for i in live], fw_tokens, fw_pos, fw_mask)
+            logits = lm.forward([keys[i] for i in live], fw_tokens, fw_pos, fw_mask, tree=True)
             feedback, finished = [], []
             for i, d, lg in zip(live, drafts, logits):
                 if temperature == 0:

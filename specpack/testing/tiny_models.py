@@ -43,7 +43,7 @@ CORPUS = [
 ]
 
 
-def successor_permutation(vocab_size: int, seed: int) -> "np.ndarray":
+def successor_permutation(vocab_size: int, seed: int):
     """A permutation of ``range(vocab_size)`` made of cycles of 3 to 12 tokens."""
     import numpy as np
 

@@ -13,7 +13,6 @@ from specpack.draft import Draft
 from specpack.hf import generate
 from specpack.kernels.sampling import process_logits
 from specpack.kernels.verify import accept_all_verify
-from specpack.protocols import Budget
 from specpack.proposers.draft_model import DraftModelProposer
 from specpack.config import DraftModelConfig
 from specpack.testing.tiny_models import tiny_vocab_llama

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,7 +157,6 @@ def test_server_concurrent_requests_lossless(server, tiny_model_dir, prompts, re
 def test_server_rejects_bad_config_before_engine_start(tiny_model_dir):
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir,
            "--speculative-config", json.dumps({**SPEC, "model": "specpack.vllm_plugins.Typo"})]
-    t = time.time()
     r = subprocess.run(cmd, env=engine_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert "server not started" in r.stderr

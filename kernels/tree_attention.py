@@ -1,0 +1,285 @@
+"""Tree attention for verifying draft trees: Triton, FlashInfer, torch reference.
+
+Each request ``b`` has a committed prefix of ``P_b`` tokens and a tree block
+of ``T_b`` tokens (root + draft nodes) whose keys/values are already written
+to the KV cache right after the prefix (logical positions ``P_b .. P_b+T_b-1``).
+Tree token ``i`` attends to the whole prefix and to block tokens ``j`` whose
+bit is set in its row of the bit-packed tree mask (ancestors and itself):
+
+    out_i = softmax(q_i K^T / sqrt(d) + mask_i) V
+
+Inputs (packed over requests, ``N = sum T_b``):
+
+* ``q``: ``[N, Hq, D]``; block of request ``b`` at rows ``cu_tree[b]:cu_tree[b+1]``;
+* KV cache, paged: ``k_cache``/``v_cache`` ``[num_pages, page_size, Hkv, D]``
+  with ``block_table`` ``[B, max_pages]`` (int32); contiguous caches
+  ``[B, L, Hkv, D]`` are the special case of one page per request
+  (:func:`contiguous_as_paged`);
+* ``prefix_lens`` ``[B]``, ``cu_tree`` ``[B + 1]`` (int32), ``tree_bits``
+  ``[N, W]`` int32 from :func:`specpack.kernels.tree_mask.build_tree_batch`.
+
+Grouped-query attention: query head ``h`` reads KV head ``h // (Hq / Hkv)``.
+
+Backends: ``triton`` (flash-attention style: online softmax over prefix tiles
+without any mask, then the tree tiles with the bit mask; runs on CPU tensors
+under ``TRITON_INTERPRET=1``), ``flashinfer`` (paged prefill wrapper with a
+custom mask, when ``flashinfer`` imports and tensors are on CUDA) and
+``torch`` (SDPA with a dense mask; the reference every backend is tested
+against). ``backend="auto"`` (or ``SPECPACK_TREE_ATTENTION_BACKEND``) picks
+flashinfer > triton > torch by availability.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from specpack.kernels.tree_mask import unpack_bits
+
+BACKENDS = ("auto", "torch", "triton", "flashinfer")
+
+
+def contiguous_as_paged(k: torch.Tensor, v: torch.Tensor):
+    """``[B, L, Hkv, D]`` caches -> (k, v, block_table) with one page per request."""
+    B = k.shape[0]
+    table = torch.arange(B, dtype=torch.int32, device=k.device)[:, None]
+    return k, v, table
+
+
+def _triton_available(device: torch.device) -> bool:
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False  # decide before importing triton: its import is slow
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flashinfer_available(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_backends(device: torch.device) -> list[str]:
+    out = ["torch"]
+    if _triton_available(device):
+        out.append("triton")
+    if _flashinfer_available(device):
+        out.append("flashinfer")
+    return out
+
+
+def select_backend(device: torch.device, backend: str = "auto") -> str:
+    backend = os.environ.get("SPECPACK_TREE_ATTENTION_BACKEND", backend) if backend == "auto" else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"tree_attention backend {backend!r}: allowed values: {', '.join(BACKENDS)}")
+    avail = available_backends(device)
+    if backend == "auto":
+        for b in ("flashinfer", "triton", "torch"):
+            if b in avail:
+                return b
+    if backend not in avail:
+        raise ValueError(f"tree_attention backend {backend!r} is not available on {device} "
+                         f"(available: {', '.join(avail)})")
+    return backend
+
+
+def tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits, *,
+                   scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+    """Attention of every tree token over its prefix and tree ancestors; ``[N, Hq, D]``."""
+    if q.dim() != 3 or k_cache.dim() != 4:
+        raise ValueError("q must be [N, Hq, D] and k_cache [pages, page_size, Hkv, D]")
+    Hq, Hkv = q.shape[1], k_cache.shape[2]
+    if Hq % Hkv:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of KV heads ({Hkv})")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    which = select_backend(q.device, backend)
+    if which == "triton":
+        return _triton_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree,
+                                      tree_bits, scale)
+    if which == "flashinfer":
+        return _flashinfer_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree,
+                                          tree_bits, scale)
+    return reference_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree,
+                                    tree_bits, scale)
+
+
+# --------------------------------------------------------------------- reference
+def gather_kv(cache: torch.Tensor, table_row: torch.Tensor, n: int) -> torch.Tensor:
+    """Tokens ``0..n-1`` of one request from a paged cache -> ``[n, Hkv, D]``."""
+    page_size = cache.shape[1]
+    pos = torch.arange(n, device=cache.device)
+    return cache[table_row[pos // page_size].long(), pos % page_size]
+
+
+def reference_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
+                             scale: float | None = None) -> torch.Tensor:
+    """torch SDPA with a dense boolean mask, one request at a time."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    out = torch.empty_like(q)
+    Hq, Hkv = q.shape[1], k_cache.shape[2]
+    cu = cu_tree.tolist()
+    for b, P in enumerate(prefix_lens.tolist()):
+        s, e = cu[b], cu[b + 1]
+        T = e - s
+        k = gather_kv(k_cache, block_table[b], P + T).repeat_interleave(Hq // Hkv, dim=1)
+        v = gather_kv(v_cache, block_table[b], P + T).repeat_interleave(Hq // Hkv, dim=1)
+        mask = torch.ones((T, P + T), dtype=torch.bool, device=q.device)
+        mask[:, P:] = unpack_bits(tree_bits[s:e], T).to(q.device)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[s:e].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+            attn_mask=mask, scale=scale)
+        out[s:e] = o.transpose(0, 1)
+    return out
+
+
+# --------------------------------------------------------------------- triton
+_KERNEL = None
+
+
+def _build_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(Q, K, V, Out, Table, Prefix, Cu, Bits,
+               s_qn, s_qh, s_kp, s_ks, s_kh, s_vp, s_vs, s_vh, s_on, s_oh, s_tb, s_bits,
+               page_size, sm_scale,
+               GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+        b = tl.program_id(0)
+        mblk = tl.program_id(1)
+        h = tl.program_id(2)
+        q0 = tl.load(Cu + b)
+        T = tl.load(Cu + b + 1) - q0
+        if mblk * BLOCK_M < T:
+            P = tl.load(Prefix + b)
+            kvh = h // GROUP
+            offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < T
+            offs_d = tl.arange(0, HEAD_D)
+            q = tl.load(Q + (q0 + offs_m)[:, None] * s_qn + h * s_qh + offs_d[None, :],
+                        mask=m_ok[:, None], other=0.0)
+            m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
+            # prefix tiles: every tree token sees the whole prefix, no mask
+            for start in range(0, P, BLOCK_N):
+                offs_n = start + tl.arange(0, BLOCK_N)
+                n_ok = offs_n < P
+                phys = tl.load(Table + b * s_tb + offs_n // page_size, mask=n_ok, other=0)
+                slot = offs_n % page_size
+                k = tl.load(K + phys[:, None] * s_kp + slot[:, None] * s_ks + kvh * s_kh
+                            + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+                v = tl.load(V + phys[:, None] * s_vp + slot[:, None] * s_vs + kvh * s_vh
+                            + offs_d[None, :], mask=n_ok[:, None], other=0.0)
+                s = tl.dot(q, tl.trans(k)) * sm_scale
+                s = tl.where(n_ok[None, :], s, -1.0e30)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                p = tl.exp(s - m_new[:, None])
+                alpha = tl.exp(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+            # tree tiles: bit mask of ancestors
+            for start in range(0, T, BLOCK_N):
+                offs_j = start + tl.arange(0, BLOCK_N)
+                j_ok = offs_j < T
+                pos = P + offs_j
+                phys = tl.load(Table + b * s_tb + pos // page_size, mask=j_ok, other=0)
+                slot = pos % page_size
+                k = tl.load(K + phys[:, None] * s_kp + slot[:, None] * s_ks + kvh * s_kh
+                            + offs_d[None, :], mask=j_ok[:, None], other=0.0)
+                v = tl.load(V + phys[:, None] * s_vp + slot[:, None] * s_vs + kvh * s_vh
+                            + offs_d[None, :], mask=j_ok[:, None], other=0.0)
+                words = tl.load(Bits + (q0 + offs_m)[:, None] * s_bits + (offs_j // 32)[None, :],
+                                mask=m_ok[:, None] & j_ok[None, :], other=0)
+                bit = (words >> (offs_j % 32)[None, :]) & 1
+                allowed = (bit != 0) & m_ok[:, None] & j_ok[None, :]
+                s = tl.dot(q, tl.trans(k)) * sm_scale
+                s = tl.where(allowed, s, -1.0e30)
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                p = tl.exp(s - m_new[:, None])
+                p = tl.where(allowed, p, 0.0)
+                alpha = tl.exp(m_i - m_new)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+            out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+            tl.store(Out + (q0 + offs_m)[:, None] * s_on + h * s_oh + offs_d[None, :],
+                     out.to(Out.dtype.element_ty), mask=m_ok[:, None])
+
+    return kernel
+
+
+def _triton_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
+                           scale: float, block_m: int = 16, block_n: int = 64) -> torch.Tensor:
+    import triton
+
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _build_kernel()
+    D = q.shape[-1]
+    if D not in (16, 32, 64, 128, 256):
+        raise ValueError(f"triton tree_attention supports head dims 16-256 (powers of 2), got {D}")
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    dev = q.device
+    cu = cu_tree.to(dev, torch.int32).contiguous()
+    prefix = prefix_lens.to(dev, torch.int32).contiguous()
+    table = block_table.to(dev, torch.int32).contiguous()
+    bits = tree_bits.to(dev, torch.int32).contiguous()
+    B = prefix.shape[0]
+    max_t = int((cu_tree[1:] - cu_tree[:-1]).max()) if B else 0
+    grid = (B, triton.cdiv(max(max_t, 1), block_m), q.shape[1])
+    _KERNEL[grid](q, k_cache, v_cache, out, table, prefix, cu, bits,
+                  q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+                  v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+                  out.stride(0), out.stride(1), table.stride(0), bits.stride(0),
+                  k_cache.shape[1], scale,
+                  GROUP=q.shape[1] // k_cache.shape[2], HEAD_D=D, BLOCK_M=block_m, BLOCK_N=block_n)
+    return out
+
+
+# --------------------------------------------------------------------- flashinfer
+_FI_WORKSPACE: dict = {}
+
+
+def _flashinfer_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
+                               scale: float) -> torch.Tensor:
+    """FlashInfer paged prefill with a custom (dense, flattened) mask per request."""
+    import flashinfer
+
+    dev = q.device
+    page_size = k_cache.shape[1]
+    B = prefix_lens.shape[0]
+    T = (cu_tree[1:] - cu_tree[:-1]).tolist()
+    P = prefix_lens.tolist()
+    kv_len = [p + t for p, t in zip(P, T)]
+    pages = [(n + page_size - 1) // page_size for n in kv_len]
+    indices = torch.cat([block_table[b, :pages[b]].to(torch.int32) for b in range(B)]).to(dev)
+    indptr = torch.tensor([0] + list(torch.tensor(pages).cumsum(0).tolist()), dtype=torch.int32, device=dev)
+    last = torch.tensor([n - (pg - 1) * page_size for n, pg in zip(kv_len, pages)],
+                        dtype=torch.int32, device=dev)
+    masks = []
+    cu = cu_tree.tolist()
+    for b in range(B):
+        m = torch.ones((T[b], kv_len[b]), dtype=torch.bool, device=dev)
+        m[:, P[b]:] = unpack_bits(tree_bits[cu[b]:cu[b + 1]].to(dev), T[b])
+        masks.append(m.flatten())
+    ws = _FI_WORKSPACE.get(dev)
+    if ws is None:
+        ws = _FI_WORKSPACE[dev] = torch.empty(128 * 1024 * 1024, dtype=torch.uint8, device=dev)
+    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, kv_layout="NHD")
+    wrapper.plan(cu_tree.to(dev, torch.int32), indptr, indices, last, q.shape[1], k_cache.shape[2],
+                 q.shape[2], page_size, custom_mask=torch.cat(masks), causal=False,
+                 sm_scale=scale, q_data_type=q.dtype, kv_data_type=k_cache.dtype)
+    return wrapper.run(q, (k_cache, v_cache))
