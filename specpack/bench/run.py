@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -22,21 +23,42 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="phase", file=sys.stderr, dynamic_ncols=True)
 
 
-def _max_model_len(cats: dict, tokenizer_path: str) -> int:
-    from transformers import AutoTokenizer
+def fit_to_model(cats: dict, model_path: str) -> tuple[dict, int, dict]:
+    """Drop requests longer than the model's context; return (categories, max_model_len, skipped).
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    longest = max(len(tok(r.prompt, add_special_tokens=False).input_ids) + r.max_new_tokens
-                  for reqs in cats.values() for r in reqs)
-    return int(longest + 64)
+    A request needs ``prompt tokens + max_new_tokens`` positions; the model's
+    limit is ``max_position_embeddings`` from its config.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    limit = int(getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", 1 << 30))
+    kept: dict = {}
+    skipped: dict = {}
+    longest = 0
+    for cat, reqs in cats.items():
+        for r in reqs:
+            need = len(tok(r.prompt, add_special_tokens=False).input_ids) + r.max_new_tokens
+            if need > limit:
+                skipped[cat] = skipped.get(cat, 0) + 1
+                continue
+            kept.setdefault(cat, []).append(r)
+            longest = max(longest, need)
+    for cat, n in skipped.items():
+        print(f"bench: skipping {n} '{cat}' request(s) longer than the model's "
+              f"{limit} positions", file=sys.stderr)
+    if not kept:
+        raise ValueError(f"no workload request fits the model's {limit} positions")
+    return kept, min(limit, longest + 64), skipped
 
 
-def run_vllm_offline(method: Method, args, cats: dict, max_len: int, workdir: Path) -> dict:
+def run_vllm_offline(method: Method, args, cats: dict, max_len: int, workdir: Path,
+                     tag: str = "") -> dict:
     spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens)
     job = {"model": args.target, "speculative_config": spec, "additional_config": extra,
            "concurrency": args.concurrency, "seed": args.seed, "max_model_len": max_len,
            "categories": {c: [r.__dict__ for r in reqs] for c, reqs in cats.items()}}
-    name = method.name.replace(":", "_")
+    name = method.name.replace(":", "_") + (f"-{tag}" if tag else "")
     jf, out, log = workdir / f"{name}.job.json", workdir / f"{name}.out.json", workdir / f"{name}.log"
     jf.write_text(json.dumps(job))
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
@@ -87,7 +109,7 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
             phases.append({
                 "concurrency": c, "category": cat, "wall_s": res.wall_s, "tau": res.tau,
                 "acceptance_by_position": res.acceptance_by_position,
-                "spec": {"num_drafts": sum(1 for s in res.stats for _ in range(s.steps)),
+                "spec": {"num_drafts": sum(s.steps for s in res.stats),
                          "num_accepted_tokens": sum(s.accepted for s in res.stats)},
                 "requests": [{"tokens": t, "tpot_s": per_tok} for t in outs],
             })
@@ -103,25 +125,35 @@ def bench(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="specpack-bench-", dir=out_dir))
     results: dict[str, dict] = {}
     t0 = time.time()
+    cats, max_len, skipped = fit_to_model(cats, args.target)
     bar = _progress(len(methods) * len(args.concurrency) * len(cats), f"bench {args.engine}")
     state: dict = {}
-    max_len = _max_model_len(cats, args.target) if args.engine == "vllm" else 0
     for m in methods:
         bar.set_postfix_str(m.name)
         if args.engine == "hf":
             results[m.name] = run_hf(m, args, cats, state)
-        elif args.server:
-            from specpack.bench.server import run_vllm_server
+            bar.update(len(args.concurrency) * len(cats))
+            continue
+        # a fresh engine per (method, concurrency): proposer state learned in one
+        # phase (e.g. the suffix global cache of outputs) must not leak into the
+        # next phase, which replays the same prompts
+        phases = []
+        for c in args.concurrency:
+            one = argparse.Namespace(**{**vars(args), "concurrency": [c]})
+            if args.server:
+                from specpack.bench.server import run_vllm_server
 
-            results[m.name] = run_vllm_server(m, args, cats, max_len, workdir)
-        else:
-            results[m.name] = run_vllm_offline(m, args, cats, max_len, workdir)
-        bar.update(len(args.concurrency) * len(cats))
+                phases += run_vllm_server(m, one, cats, max_len, workdir)["phases"]
+            else:
+                phases += run_vllm_offline(m, one, cats, max_len, workdir, tag=f"c{c}")["phases"]
+            bar.update(len(cats))
+        results[m.name] = {"phases": phases}
     bar.close()
     rows = summarise(results, {m.name for m in methods if m.builtin})
     meta = {"engine": args.engine + (" (server)" if args.server else ""), "target": args.target,
             "draft": args.draft, "workload": str(args.workload), "seed": args.seed,
             "concurrency": args.concurrency, "methods": [m.name for m in methods],
+            "skipped_too_long": skipped, "max_model_len": max_len,
             "num_speculative_tokens": args.num_speculative_tokens,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "python": platform.python_version()},

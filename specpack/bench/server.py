@@ -110,7 +110,7 @@ def run_vllm_server(method: Method, args, cats: dict, max_len: int, workdir: Pat
     from transformers import AutoTokenizer
 
     spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens)
-    log = workdir / f"server-{method.name.replace(':', '_')}.log"
+    log = workdir / f"server-{method.name.replace(':', '_')}-c{'_'.join(map(str, args.concurrency))}.log"
     proc, url = start_server(args.target, spec, extra, max_len, max(args.concurrency), args.seed, log)
     tok = AutoTokenizer.from_pretrained(args.target)
     phases = []

@@ -1,4 +1,4 @@
-"""One vLLM engine process of ``specpack bench``: one method, every phase.
+"""One vLLM engine process of ``specpack bench``: one method, its phases.
 
     python -m specpack.bench.vllm_worker --spec job.json --out result.json
 
