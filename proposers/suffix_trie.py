@@ -132,6 +132,35 @@ def _match_nodes(hkey, hval, bits, cnt, pattern, max_len, out):
 
 
 @njit(cache=True)
+def _push_children(cnt, fc, ns, u, p_u, slot, depth, min_prob,
+                   cand_node, cand_par, cand_prob, cand_depth, n_cand):
+    """Add the live children ``c`` of node ``u`` with path probability
+    ``p_u * cnt[c] / sum(cnt[children])`` >= ``min_prob`` to the candidate
+    pool (draft parent ``slot``, depth ``depth``); return the new pool size."""
+    total = 0
+    c = fc[u]
+    while c != -1:
+        if cnt[c] > 0:
+            total += cnt[c]
+        c = ns[c]
+    if total == 0:
+        return n_cand
+    cap = cand_node.size
+    c = fc[u]
+    while c != -1:
+        if cnt[c] > 0:
+            q = p_u * cnt[c] / total
+            if q >= min_prob and n_cand < cap:
+                cand_node[n_cand] = c
+                cand_par[n_cand] = slot
+                cand_prob[n_cand] = q
+                cand_depth[n_cand] = depth
+                n_cand += 1
+        c = ns[c]
+    return n_cand
+
+
+@njit(cache=True)
 def _speculate(tok, cnt, fc, ns, start, max_cont_depth, max_nodes, min_prob,
                out_tok, out_par, out_prob, cand_node, cand_par, cand_prob, cand_depth):
     """Best-first draft tree below node ``start``; returns (n_nodes, score).
@@ -141,28 +170,10 @@ def _speculate(tok, cnt, fc, ns, start, max_cont_depth, max_nodes, min_prob,
     is emitted while it is >= ``min_prob``. ``score`` = sum of emitted
     probabilities, the expected number of accepted tokens.
     """
-    cap = cand_node.size
-    n_cand = 0
-    # seed with children of start
-    total = 0
-    c = fc[start]
-    while c != -1:
-        if cnt[c] > 0:
-            total += cnt[c]
-        c = ns[c]
-    if total == 0 or max_nodes <= 0 or max_cont_depth <= 0:
+    if max_nodes <= 0 or max_cont_depth <= 0:
         return 0, 0.0
-    c = fc[start]
-    while c != -1:
-        if cnt[c] > 0:
-            p = cnt[c] / total
-            if p >= min_prob and n_cand < cap:
-                cand_node[n_cand] = c
-                cand_par[n_cand] = -1
-                cand_prob[n_cand] = p
-                cand_depth[n_cand] = 1
-                n_cand += 1
-        c = ns[c]
+    n_cand = _push_children(cnt, fc, ns, start, 1.0, -1, 1, min_prob,
+                            cand_node, cand_par, cand_prob, cand_depth, 0)
     n_out = 0
     score = 0.0
     while n_out < max_nodes and n_cand > 0:
@@ -182,30 +193,11 @@ def _speculate(tok, cnt, fc, ns, start, max_cont_depth, max_nodes, min_prob,
         out_tok[n_out] = tok[u]
         out_par[n_out] = par
         out_prob[n_out] = p
-        me = n_out
         n_out += 1
         score += p
-        if depth >= max_cont_depth:
-            continue
-        total = 0
-        c = fc[u]
-        while c != -1:
-            if cnt[c] > 0:
-                total += cnt[c]
-            c = ns[c]
-        if total == 0:
-            continue
-        c = fc[u]
-        while c != -1:
-            if cnt[c] > 0:
-                q = p * cnt[c] / total
-                if q >= min_prob and n_cand < cap:
-                    cand_node[n_cand] = c
-                    cand_par[n_cand] = me
-                    cand_prob[n_cand] = q
-                    cand_depth[n_cand] = depth + 1
-                    n_cand += 1
-            c = ns[c]
+        if depth < max_cont_depth:
+            n_cand = _push_children(cnt, fc, ns, u, p, n_out - 1, depth + 1, min_prob,
+                                    cand_node, cand_par, cand_prob, cand_depth, n_cand)
     return n_out, score
 
 

@@ -47,7 +47,15 @@ def scrape(url: str) -> dict:
     return out
 
 
-def start_server(model: str, spec, extra, max_len: int, max_seqs: int, seed: int, log: Path):
+class ServerError(RuntimeError):
+    """The vLLM server exited or did not become healthy in time (message has the log tail)."""
+
+
+def start_server(model: str, spec, extra, max_len: int, max_seqs: int, seed: int, log: Path,
+                 timeout_s: float = 600):
+    """Start ``python -m vllm.entrypoints.openai.api_server`` on a free loopback
+    port (the CPU wheel's ``vllm`` console script is broken) with the default
+    executor; return ``(process, base_url)`` once ``/health`` answers."""
     port = _free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
@@ -63,19 +71,28 @@ def start_server(model: str, spec, extra, max_len: int, max_seqs: int, seed: int
     url = f"http://127.0.0.1:{port}"
     import requests
 
-    deadline = time.time() + 600
+    deadline = time.time() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"bench: vLLM server exited, log {log}:\n" + log.read_text()[-3000:])
+            raise ServerError(f"vLLM server exited, log {log}:\n" + log.read_text()[-6000:])
         try:
             if requests.get(url + "/health", timeout=2).status_code == 200:
                 return proc, url
         except requests.RequestException:
             pass
         if time.time() > deadline:
-            proc.kill()
-            raise SystemExit(f"bench: vLLM server did not start, log {log}")
+            stop_server(proc)
+            raise ServerError(f"vLLM server did not start in {timeout_s:.0f} s, log {log}:\n"
+                              + log.read_text()[-6000:])
         time.sleep(1)
+
+
+def stop_server(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _client(url: str, model: str, queue: list, lock, results: dict) -> None:
@@ -111,7 +128,11 @@ def run_vllm_server(method: Method, args, cats: dict, max_len: int, workdir: Pat
 
     spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens)
     log = workdir / f"server-{method.name.replace(':', '_')}-c{'_'.join(map(str, args.concurrency))}.log"
-    proc, url = start_server(args.target, spec, extra, max_len, max(args.concurrency), args.seed, log)
+    try:
+        proc, url = start_server(args.target, spec, extra, max_len, max(args.concurrency),
+                                 args.seed, log)
+    except ServerError as e:
+        raise SystemExit(f"bench: {e}") from None
     tok = AutoTokenizer.from_pretrained(args.target)
     phases = []
     try:
@@ -139,9 +160,5 @@ def run_vllm_server(method: Method, args, cats: dict, max_len: int, workdir: Pat
                                "spec": spec_delta,
                                "requests": [results[i] for i in range(len(reqs))]})
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     return {"phases": phases}

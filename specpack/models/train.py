@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     train_files, held_files = corpus_files()
     train_texts, held_texts = read(train_files), read(held_files)
     tok_dir = out / "tokenizer"
-    vocab = build_tokenizer(tok_dir, vocab_size=a.vocab, texts=train_texts)
+    vocab = build_tokenizer(tok_dir, vocab_size=a.vocab, texts=train_texts, model_max_length=16384)
     tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
     train_ids, held_ids = encode(tok, train_texts), encode(tok, held_texts)
     print(f"corpus: {len(train_files)} train files ({train_ids.size} tokens), "

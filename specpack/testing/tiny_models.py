@@ -58,7 +58,8 @@ def successor_permutation(vocab_size: int, seed: int):
     return nxt
 
 
-def build_tokenizer(out_dir: str | Path, vocab_size: int = 512, texts=None) -> int:
+def build_tokenizer(out_dir: str | Path, vocab_size: int = 512, texts=None,
+                    model_max_length: int = 4096) -> int:
     """Train a byte-level BPE tokenizer on ``texts`` (default :data:`CORPUS`);
     write ``tokenizer.json`` + ``tokenizer_config.json``; return its vocab size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -83,7 +84,7 @@ def build_tokenizer(out_dir: str | Path, vocab_size: int = 512, texts=None) -> i
                 "bos_token": "<s>",
                 "eos_token": "</s>",
                 "pad_token": "<pad>",
-                "model_max_length": 4096,
+                "model_max_length": model_max_length,
                 "add_bos_token": False,
                 "clean_up_tokenization_spaces": False,
             },

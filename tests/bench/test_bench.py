@@ -152,3 +152,17 @@ def test_bench_rejects_bad_args(tmp_path):
     r = subprocess.run([sys.executable, "-m", "specpack.cli", "bench", "--concurrency", "0",
                         "--target", "/x"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--concurrency" in r.stderr
+
+
+def test_requests_longer_than_the_model_are_skipped(tiny_model_dir, capsys):
+    from specpack.bench.run import fit_to_model
+    from specpack.bench.workload import Request
+
+    cats = {"short": [Request("short", "def f(x):", 16)],
+            "long": [Request("long", "x = 1\n" * 5000, 16)]}
+    kept, max_len, skipped = fit_to_model(cats, tiny_model_dir)
+    assert list(kept) == ["short"] and skipped == {"long": 1}
+    assert 16 < max_len <= 4096
+    assert "skipping 1 'long' request(s)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no workload request fits"):
+        fit_to_model({"long": cats["long"]}, tiny_model_dir)

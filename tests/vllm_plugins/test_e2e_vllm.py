@@ -7,11 +7,8 @@ must show accepted drafts (mean acceptance length > 1).
 
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -79,57 +76,27 @@ def test_offline_llm_lossless_and_accepting(tiny_model_dir, prompts, reference, 
     assert spec["num_accepted_tokens"] < spec["num_draft_tokens"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = engine_env()
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", tiny_model_dir,
-           "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",  # default executor, as users run it
-           "--max-model-len", "2048", "--max-num-seqs", "16", "--seed", "0",
-           "--speculative-config", json.dumps(SPEC), "--additional-config", json.dumps(EXTRA)]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    import requests
+    """The OpenAI server as users start it (default executor), via the same
+    helper `specpack bench --server` uses."""
+    from specpack.bench.server import ServerError, start_server, stop_server
 
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 420
+    log = tmp_path_factory.mktemp("server") / "server.log"
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail("vLLM server exited:\n" + log.read_text()[-6000:])
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                pytest.fail("vLLM server did not start:\n" + log.read_text()[-6000:])
-            time.sleep(1)
+        proc, url = start_server(tiny_model_dir, SPEC, EXTRA, 2048, 16, 0, log, timeout_s=420)
+    except ServerError as e:
+        pytest.fail(str(e))
+    try:
         yield url, log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def metric(text, name):
-    m = re.search(rf"^{re.escape(name)}\{{[^}}]*\}} ([0-9.e+]+)$", text, re.M)
-    return float(m.group(1)) if m else None
+        stop_server(proc)
 
 
 def test_server_concurrent_requests_lossless(server, tiny_model_dir, prompts, reference):
-    import requests
     from openai import OpenAI
+
+    from specpack.bench.server import scrape
 
     url, log = server
     client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
@@ -144,11 +111,11 @@ def test_server_concurrent_requests_lossless(server, tiny_model_dir, prompts, re
         outs = list(pool.map(complete, prompts))
     for i, (a, b) in enumerate(zip(outs, reference["token_ids"])):
         assert list(a) == b, f"prompt {i}: server output differs from no speculation"
-    text = requests.get(url + "/metrics", timeout=10).text
-    drafts = metric(text, "vllm:spec_decode_num_drafts_total")
-    accepted = metric(text, "vllm:spec_decode_num_accepted_tokens_total")
-    assert drafts and drafts > 0, text[:2000]
+    counters = scrape(url)
+    drafts, accepted = counters["num_drafts"], counters["num_accepted_tokens"]
+    assert drafts > 0, counters
     assert 1 + accepted / drafts > 1.5
+    assert sum(counters["accepted_per_pos"]) == accepted
     logged = log.read_text()
     assert "specpack: vLLM 0.32" in logged  # plugin version check ran
     assert "row tracking: request ids from the vLLM model runner" in logged
