@@ -122,23 +122,49 @@ def gather_kv(cache: torch.Tensor, table_row: torch.Tensor, n: int) -> torch.Ten
 
 def reference_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
                              scale: float | None = None) -> torch.Tensor:
-    """torch SDPA with a dense boolean mask, one request at a time."""
+    """torch SDPA with a dense boolean mask over the whole (padded) batch.
+
+    Keys/values of every request are gathered through the block table into
+    ``[B, L_max, Hkv, D]``; the mask is ``[B, T_max, L_max]``: prefix columns
+    visible, tree columns from the unpacked bit mask, padding hidden (padded
+    query rows see column 0 only and are dropped).
+    """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    out = torch.empty_like(q)
-    Hq, Hkv = q.shape[1], k_cache.shape[2]
-    cu = cu_tree.tolist()
-    for b, P in enumerate(prefix_lens.tolist()):
-        s, e = cu[b], cu[b + 1]
-        T = e - s
-        k = gather_kv(k_cache, block_table[b], P + T).repeat_interleave(Hq // Hkv, dim=1)
-        v = gather_kv(v_cache, block_table[b], P + T).repeat_interleave(Hq // Hkv, dim=1)
-        mask = torch.ones((T, P + T), dtype=torch.bool, device=q.device)
-        mask[:, P:] = unpack_bits(tree_bits[s:e], T).to(q.device)
-        o = torch.nn.functional.scaled_dot_product_attention(
-            q[s:e].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-            attn_mask=mask, scale=scale)
-        out[s:e] = o.transpose(0, 1)
-    return out
+    dev = q.device
+    Hq, Hkv, D = q.shape[1], k_cache.shape[2], q.shape[2]
+    page_size = k_cache.shape[1]
+    P = prefix_lens.to(dev, torch.long)
+    cu = cu_tree.to(dev, torch.long)
+    T = cu[1:] - cu[:-1]
+    B = P.shape[0]
+    if B == 0 or q.shape[0] == 0:
+        return torch.empty_like(q)
+    Lm, Tm = int((P + T).max()), int(T.max())
+    pos = torch.arange(Lm, device=dev)
+    page = (pos // page_size).clamp(max=block_table.shape[1] - 1)
+    phys = block_table.to(dev, torch.long)[:, page]                      # [B, Lm]
+    slot = (pos % page_size).expand(B, Lm)
+    k = k_cache[phys, slot].repeat_interleave(Hq // Hkv, dim=2)          # [B, Lm, Hq, D]
+    v = v_cache[phys, slot].repeat_interleave(Hq // Hkv, dim=2)
+    # packed query row -> (request, row in block)
+    req = torch.repeat_interleave(torch.arange(B, device=dev), T)
+    row = torch.arange(q.shape[0], device=dev) - cu[req]
+    qp = q.new_zeros(B, Tm, Hq, D)
+    qp[req, row] = q
+    mask = torch.zeros(B, Tm, Lm, dtype=torch.bool, device=dev)
+    mask[:, :, 0] = True                                                  # padded rows: col 0
+    mask |= (pos[None, None, :] < P[:, None, None])                       # prefix
+    bits = unpack_bits(tree_bits.to(dev), Tm)                             # [N, Tm]
+    cols = P[req][:, None] + torch.arange(Tm, device=dev)[None, :]        # [N, Tm]
+    ok = torch.arange(Tm, device=dev)[None, :] < T[req][:, None]
+    tree = torch.zeros(q.shape[0], Lm, dtype=torch.bool, device=dev)
+    r_idx, j_idx = ok.nonzero(as_tuple=True)          # only real tree columns
+    tree[r_idx, cols[r_idx, j_idx]] = bits[r_idx, j_idx]
+    mask[req, row] = (pos[None, :] < P[req][:, None]) | tree
+    o = torch.nn.functional.scaled_dot_product_attention(
+        qp.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+        attn_mask=mask[:, None], scale=scale)                             # [B, Hq, Tm, D]
+    return o.transpose(1, 2)[req, row]
 
 
 # --------------------------------------------------------------------- triton

@@ -51,7 +51,7 @@ class _RequestState:
     """One request's trie plus what is needed to check and extend it."""
 
     __slots__ = ("trie", "n_consumed", "first_token", "last_token", "prompt_len",
-                 "output", "n_output")
+                 "output", "n_output", "checks")
 
     def __init__(self, max_depth: int, context: np.ndarray, prompt_len: int,
                  keep_output: bool):
@@ -62,14 +62,21 @@ class _RequestState:
         self.prompt_len = prompt_len if prompt_len >= 0 else int(context.size)
         self.output = np.empty(64 if keep_output else 0, np.int32)
         self.n_output = 0
+        self.checks: tuple = ()  # (position, token) samples of the consumed tokens
 
     def matches(self, context: np.ndarray) -> bool:
+        """O(1) check that ``context`` extends the tokens this state consumed:
+        last and first token plus three interior samples (a quarter, half and
+        three quarters in), so requests sharing a prefix and a suffix but
+        differing in the middle are told apart."""
         n = self.n_consumed
-        return (
-            n <= context.size
-            and (n == 0 or (int(context[n - 1]) == self.last_token
-                            and int(context[0]) == self.first_token))
-        )
+        if n > context.size:
+            return False
+        if n == 0:
+            return True
+        if int(context[n - 1]) != self.last_token or int(context[0]) != self.first_token:
+            return False
+        return all(int(context[i]) == t for i, t in self.checks)
 
     def consume(self, context: np.ndarray) -> None:
         new = context[self.n_consumed:]
@@ -86,8 +93,9 @@ class _RequestState:
                 self.output = grown
             self.output[self.n_output:need] = out_new
             self.n_output = need
-        self.n_consumed = int(context.size)
+        self.n_consumed = n = int(context.size)
         self.last_token = int(context[-1])
+        self.checks = tuple((i, int(context[i])) for i in (n // 4, n // 2, 3 * n // 4))
 
 
 class GlobalSuffixCache:
@@ -166,6 +174,7 @@ class SuffixProposer:
             st = _RequestState(self.max_depth, ctx, view.num_prompt_tokens,
                                keep_output=self.global_cache.max_requests > 0)
             self.states[view.key] = st
+            self.states.move_to_end(view.key)
             while len(self.states) > self.config.max_active_requests:
                 self.states.popitem(last=False)
         else:

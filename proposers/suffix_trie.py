@@ -38,7 +38,7 @@ def _slot(key, bits):
 
 @njit(cache=True)
 def _find(hkey, hval, bits, node, token):
-    key = (np.int64(node) << 32) | np.int64(token)
+    key = (np.int64(node) << 32) | (np.int64(token) & 0xFFFFFFFF)
     mask = (np.int64(1) << bits) - 1
     i = _slot(key, bits)
     while True:
@@ -95,7 +95,7 @@ def _extend(tok, cnt, fc, ns, hkey, hval, bits, meta, active, tokens, max_depth,
                 fc[c] = -1
                 ns[c] = fc[u]
                 fc[u] = c
-                _hash_put(hkey, hval, bits, (np.int64(u) << 32) | np.int64(t), c)
+                _hash_put(hkey, hval, bits, (np.int64(u) << 32) | (np.int64(t) & 0xFFFFFFFF), c)
                 if delta < 0:
                     n_dead += 1  # cannot happen for consistent removals
             before = cnt[c]
@@ -150,12 +150,22 @@ def _push_children(cnt, fc, ns, u, p_u, slot, depth, min_prob,
     while c != -1:
         if cnt[c] > 0:
             q = p_u * cnt[c] / total
-            if q >= min_prob and n_cand < cap:
-                cand_node[n_cand] = c
-                cand_par[n_cand] = slot
-                cand_prob[n_cand] = q
-                cand_depth[n_cand] = depth
-                n_cand += 1
+            if q >= min_prob:
+                i = n_cand
+                if n_cand == cap:  # pool full: replace its worst entry if q beats it
+                    i = 0
+                    for j in range(1, cap):
+                        if cand_prob[j] < cand_prob[i]:
+                            i = j
+                    if cand_prob[i] >= q:
+                        i = -1
+                else:
+                    n_cand += 1
+                if i >= 0:
+                    cand_node[i] = c
+                    cand_par[i] = slot
+                    cand_prob[i] = q
+                    cand_depth[i] = depth
         c = ns[c]
     return n_cand
 
@@ -330,7 +340,8 @@ def best_draft(tok, cnt, fc, ns, start_by_len, max_match, trie_depth, max_depth,
         u = start_by_len[m]
         if u < 0 or fc[u] == -1:
             continue
-        limit = min(max_nodes, int(spec_factor * m))
+        f = spec_factor * m
+        limit = max_nodes if f >= max_nodes else int(f)
         if limit <= best_score:
             break  # a draft of `limit` nodes scores <= limit; shorter m only lower it
         depth = min(max_depth, trie_depth - m)

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 class MethodConfig(BaseModel):
     """Base for method configs: unknown keys and wrong types are errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     method: str
     max_active_requests: int = Field(
@@ -47,7 +47,8 @@ class SuffixConfig(MethodConfig):
 
     method: Literal["suffix"] = "suffix"
     suffix_decoding_max_tree_depth: int = Field(
-        24, ge=1, le=512, description="Depth of both tries: pattern + continuation length."
+        24, ge=2, le=512, description="Depth of both tries: pattern + continuation length "
+        "(>= 2: one pattern token plus one drafted token)."
     )
     suffix_decoding_max_cached_requests: int = Field(
         10000,
@@ -65,6 +66,7 @@ class SuffixConfig(MethodConfig):
     suffix_decoding_max_spec_factor: float = Field(
         1.0,
         ge=0.0,
+        le=1000.0,
         description="Draft at most max_spec_factor x match_length tokens.",
     )
     suffix_decoding_min_token_prob: float = Field(
@@ -157,6 +159,9 @@ def parse_method_config(
     raw = dict(raw)
     method = raw.get("method", default_method)
     allowed = ", ".join(sorted(METHOD_CONFIGS))
+    if method is not None and not isinstance(method, str):
+        raise ConfigError(f"{where}: field 'method' = {method!r} must be a string; "
+                          f"allowed values: {allowed}")
     if method is None:
         raise ConfigError(f"{where}: field 'method' is required; allowed values: {allowed}")
     if method not in METHOD_CONFIGS:

@@ -28,7 +28,7 @@ def test_unknown_key_names_field_and_allowed():
 def test_wrong_type():
     msg = err({"suffix_decoding_max_tree_depth": "24"}, default_method="suffix")
     assert "'suffix_decoding_max_tree_depth'" in msg and "integer" in msg
-    assert "allowed: int >= 1" in msg
+    assert "allowed: int >= 2 and <= 512" in msg
     msg = err({"suffix_decoding_min_token_prob": True}, default_method="suffix")
     assert "'suffix_decoding_min_token_prob'" in msg
 
@@ -36,7 +36,7 @@ def test_wrong_type():
 @pytest.mark.parametrize("field,value,bound", [
     ("suffix_decoding_min_token_prob", 1.5, "<= 1.0"),
     ("suffix_decoding_min_token_prob", -0.1, ">= 0.0"),
-    ("suffix_decoding_max_tree_depth", 0, ">= 1"),
+    ("suffix_decoding_max_tree_depth", 0, ">= 2"),
     ("suffix_decoding_max_spec_factor", -1.0, ">= 0.0"),
     ("suffix_decoding_max_cached_requests", -1, ">= 0"),
     ("max_active_requests", 0, ">= 1"),
@@ -44,6 +44,16 @@ def test_wrong_type():
 def test_out_of_range(field, value, bound):
     msg = err({field: value}, default_method="suffix")
     assert f"'{field}'" in msg and repr(value) in msg and bound in msg
+
+
+def test_degenerate_values_rejected():
+    assert "'suffix_decoding_max_tree_depth'" in err({"suffix_decoding_max_tree_depth": 1},
+                                                   default_method="suffix")
+    for bad in (float("inf"), float("nan"), 1e30):
+        assert "'suffix_decoding_max_spec_factor'" in err(
+            {"suffix_decoding_max_spec_factor": bad}, default_method="suffix")
+    msg = err({"method": ["suffix"]})
+    assert "field 'method'" in msg and "must be a string" in msg
 
 
 def test_unknown_and_conflicting_method():

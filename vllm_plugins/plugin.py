@@ -99,6 +99,8 @@ def register() -> None:
     argv = sys.argv
     spec = _flag_value(argv, "--speculative-config")
     if spec is None:
+        spec = _flag_value(argv, "-sc")  # vLLM's short alias
+    if spec is None:
         return
     try:
         validate_engine_args(spec, _flag_value(argv, "--additional-config"))

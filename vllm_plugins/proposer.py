@@ -114,7 +114,6 @@ class SpecpackProposer:
                 self.proposer.release(key, finished=False)
         except Exception:
             self._log_error("row tracking")
-            self._content_resolver = ContentRowResolver()
             return [[] for _ in range(n_rows)]
 
         drafts: list[list[int]] = []

@@ -18,7 +18,9 @@ every row must be mapped to the request it belongs to. Two resolvers:
   fingerprint and are told apart as a multiset (their states are identical,
   so either assignment is correct). A request that disappears is reported
   as finished; if it was preempted it comes back under a new key and its
-  state is rebuilt from its full context.
+  state is rebuilt from its full context. Keys missing from a call are
+  kept for a few calls and re-matched by checkpoint tokens (vLLM skips
+  ``propose`` calls near ``max_model_len``) before they count as finished.
 
 Either way the proposer validates the state against the row's tokens, so a
 wrong mapping costs a rebuild, never a wrong output (verification is exact).
@@ -51,41 +53,87 @@ class RowAssignment:
     dropped: list[Hashable] = field(default_factory=list)    # state no longer needed
 
 
-class ContentRowResolver:
-    """Request keys from row contents only (works on any vLLM version)."""
+def checkpoints(row: np.ndarray, n: int) -> tuple:
+    """(position, token) samples of ``row[:n]``: first, last, and three interior."""
+    return tuple((i, int(row[i])) for i in sorted({0, n // 4, n // 2, 3 * n // 4, n - 1}) if n)
 
-    def __init__(self) -> None:
+
+class ContentRowResolver:
+    """Request keys from row contents only (works on any vLLM version).
+
+    A key that matches no row is kept for ``grace`` calls (vLLM skips whole
+    ``propose`` calls, e.g. while a request is near ``max_model_len``) and can
+    be re-matched by its checkpoints; after that it is reported finished.
+    """
+
+    def __init__(self, grace: int = 3) -> None:
+        self.grace = grace
         self._by_fp: dict[tuple, list[int]] = {}
-        self._prompt_len: dict[int, int] = {}
+        self._info: dict[int, tuple[int, int, int, tuple]] = {}  # n, prompt_len, row, checks
+        self._missing: dict[int, int] = {}
         self._ids = itertools.count()
 
+    def _rematch(self, row: np.ndarray, n: int, candidates: list[int]) -> int | None:
+        for key in candidates:
+            n_k, _, _, checks = self._info[key]
+            if n_k < n and all(int(row[i]) == t for i, t in checks):
+                candidates.remove(key)
+                return key
+        return None
+
     def resolve(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu) -> RowAssignment:
-        keys: list[Hashable | None] = []
-        prompt_lens: list[int] = []
-        new_by_fp: dict[tuple, list[int]] = {}
+        n_rows = len(sampled_token_ids)
+        keys: list[Hashable | None] = [None] * n_rows
         old = self._by_fp
+        unmatched = []
+        # pass 1: the row's previous-step prefix has a known fingerprint
         for i, sampled in enumerate(sampled_token_ids):
             s = len(sampled)
             if s == 0:
-                keys.append(None)
+                continue
+            n = int(num_tokens_no_spec[i])
+            bucket = old.get(fingerprint(token_ids_cpu[i], n - s))
+            if bucket:  # prefer the key that sat in this row last step, else the oldest
+                key = next((k for k in bucket if self._info[k][2] == i), bucket[0])
+                bucket.remove(key)
+                keys[i] = key
+            else:
+                unmatched.append(i)
+        # pass 2: rows that advanced more than one step (skipped calls) or moved:
+        # match them by checkpoints against keys not seen in this call
+        candidates = [k for b in old.values() for k in b] + list(self._missing)
+        for i in unmatched:
+            n = int(num_tokens_no_spec[i])
+            keys[i] = self._rematch(token_ids_cpu[i], n, candidates)
+        new_by_fp: dict[tuple, list[int]] = {}
+        prompt_lens: list[int] = []
+        for i, sampled in enumerate(sampled_token_ids):
+            if not sampled:
                 prompt_lens.append(-1)
                 continue
             n = int(num_tokens_no_spec[i])
             row = token_ids_cpu[i]
-            bucket = old.get(fingerprint(row, n - s))
-            if bucket:
-                key = bucket.pop()
+            key = keys[i]
+            if key is None:
+                key = keys[i] = next(self._ids)
+                prompt = n - len(sampled)
             else:
-                key = next(self._ids)
-                self._prompt_len[key] = n - s
-            keys.append(key)
-            prompt_lens.append(self._prompt_len[key])
+                prompt = self._info[key][1]
+                self._missing.pop(key, None)
+            self._info[key] = (n, prompt, i, checkpoints(row, n))
+            prompt_lens.append(prompt)
             new_by_fp.setdefault(fingerprint(row, n), []).append(key)
-        gone = [k for bucket in old.values() for k in bucket]
-        for k in gone:
-            self._prompt_len.pop(k, None)
+        for k in candidates:
+            self._missing.setdefault(k, 0)
+        finished = []
+        for k in list(self._missing):
+            self._missing[k] += 1
+            if self._missing[k] >= self.grace:
+                del self._missing[k]
+                self._info.pop(k, None)
+                finished.append(k)
         self._by_fp = new_by_fp
-        return RowAssignment(keys, prompt_lens, finished=gone)
+        return RowAssignment(keys, prompt_lens, finished=finished)
 
 
 def find_runner(frame: Any, token_ids_cpu: np.ndarray | None = None, depth: int = 3):
@@ -128,7 +176,8 @@ class RunnerRowResolver:
         seen = set()
         for i, sampled in enumerate(sampled_token_ids):
             rid = req_ids[i]
-            seen.add(rid)
+            if rid is not None:
+                seen.add(rid)
             if not sampled or rid is None:
                 keys.append(None)
                 prompt_lens.append(-1)
@@ -143,5 +192,7 @@ class RunnerRowResolver:
             else:
                 self._parked.add(rid)  # preempted / not scheduled: keep its state
         self._parked -= seen
-        self._active = {k for k in keys if k is not None}
+        # every request in the batch, drafting or not (a request re-prefilling
+        # after preemption has no sampled tokens but still owns a state)
+        self._active = seen
         return RowAssignment(keys, prompt_lens, finished=finished, dropped=dropped)

@@ -76,6 +76,8 @@ CASES = {
     "ragged-random-d128": ([(5, "random"), (0, "random"), (40, "random")], [0, 17, 70],
                            4, 1, 128, 32),
     "long-prefix-many-tiles": ([(12, "random"), (3, "random")], [300, 129], 2, 1, 64, 16),
+    # the longest KV belongs to the request with the smaller tree (padding edge)
+    "longest-kv-small-tree": ([(2, "random"), (30, "wide")], [90, 5], 2, 2, 64, 16),
 }
 
 
@@ -88,6 +90,26 @@ def test_triton_matches_reference(name):
     ref = reference_tree_attention(q, k, v, table, P, tb.cu_tree, tb.bits)
     out = tree_attention(q, k, v, table, P, tb.cu_tree, tb.bits, backend="triton")
     assert (out - ref).abs().max().item() <= ATOL
+
+
+def test_batched_reference_equals_per_request_sdpa():
+    """The batched reference against a plain per-request SDPA loop."""
+    rng = np.random.default_rng(9)
+    drafts = [random_draft(rng, 2), random_draft(rng, 30, "wide"), Draft.empty()]
+    q, k, v, table, P, tb = make_case(rng, drafts, [90, 5, 0], 4, 2, 64, 16)
+    ref = reference_tree_attention(q, k, v, table, P, tb.cu_tree, tb.bits)
+    cu = tb.cu_tree.tolist()
+    for b, p in enumerate(P.tolist()):
+        s, e = cu[b], cu[b + 1]
+        n = p + e - s
+        pos = torch.arange(n)
+        kk = k[table[b][pos // 16].long(), pos % 16].repeat_interleave(2, dim=1)
+        vv = v[table[b][pos // 16].long(), pos % 16].repeat_interleave(2, dim=1)
+        m = torch.ones(e - s, n, dtype=torch.bool)
+        m[:, p:] = tb.dense_mask[s:e, :e - s]
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[s:e].transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), attn_mask=m)
+        assert (o.transpose(0, 1) - ref[s:e]).abs().max().item() <= 1e-5
 
 
 def test_contiguous_layout_equals_paged():

@@ -63,6 +63,24 @@ def test_probabilities_are_count_ratios_and_pruned():
     assert np.all(d.probs >= 0.3)
 
 
+def test_min_prob_zero_keeps_best_candidates_when_pool_overflows():
+    # after token 9: 1199 distinct rare continuations, then one frequent one (5)
+    ctx = []
+    for t in range(1000, 2199):
+        ctx += [9, t]
+    ctx += [9, 5] * 300 + [9]
+    p = SuffixProposer(cfg(suffix_decoding_min_token_prob=0.0,
+                           suffix_decoding_max_tree_depth=2), max_nodes=1)
+    d = p.propose([view("a", ctx, budget=1)])[0]
+    assert d.tokens.tolist() == [5]
+
+
+def test_huge_spec_factor_keeps_drafting():
+    p = SuffixProposer(cfg(suffix_decoding_max_spec_factor=1000.0), max_nodes=8)
+    cycle = [3, 1, 4, 1, 5, 9, 2, 6]
+    assert len(p.propose([view("a", cycle * 3)])[0]) == 8
+
+
 def test_tree_is_valid_and_best_first():
     rng = np.random.default_rng(0)
     ctx = rng.integers(0, 6, size=400)

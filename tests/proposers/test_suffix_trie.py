@@ -92,6 +92,13 @@ def test_long_repeat_counts():
     assert t.num_nodes == 9  # one node per depth
 
 
+def test_negative_token_ids_do_not_collide():
+    t = SuffixTrie(3)
+    t.add_sequence(np.array([5, -1, 5, -2, 7], np.int32))
+    assert t.count([5, -1]) == 1 and t.count([5, -2]) == 1 and t.count([-1]) == 1
+    assert t.count([5, -3]) == 0 and t.count([-1, 7]) == 0
+
+
 def test_large_token_ids():
     t = SuffixTrie(3)
     big = np.array([2**31 - 1, 0, 2**31 - 1, 0], np.int32)

@@ -47,6 +47,8 @@ class Sim:
         self.ref = SuffixProposer(adapter.proposer.config, max_nodes=K)
         self.streams, self.prompt_len, self.pos, self.draft = {}, {}, {}, {}
         self.next_id = 0
+        self.grace = adapter._content_resolver.grace
+        self.releasing: dict[str, int] = {}  # rid -> calls since it vanished
 
     def add(self, prompt, stream=None, length=200):
         rid = f"req-{self.next_id}"
@@ -73,7 +75,16 @@ class Sim:
         self.pos[rid] = p + n
         return s[p:p + n].tolist()
 
+    def tick(self):
+        """Content mode reports a vanished request finished after `grace` calls."""
+        for rid in list(self.releasing):
+            self.releasing[rid] += 1
+            if self.releasing[rid] == self.grace:
+                del self.releasing[rid]
+                self.ref.release(rid)
+
     def step(self, order, prefilling=()):
+        self.tick()
         token_ids = np.zeros((len(order) + 2, WIDTH), np.int32)
         sampled, num = [], np.zeros(len(order) + 2, np.int32)
         for i, rid in enumerate(order):
@@ -101,7 +112,7 @@ class Sim:
         return out
 
     def finish(self, rid):
-        self.ref.release(rid)
+        self.releasing[rid] = 0
         del self.streams[rid]
 
     def done(self, rid):
@@ -137,8 +148,10 @@ def test_content_mode_shuffles_finishes_joins_identical_prompts():
     assert not live and total_drafted > 200
     assert adapter.num_errors == 0
     # finished outputs reached the global cache (the adapter learns of the
-    # last finishes at its next call, here an empty batch)
-    assert adapter.propose([], np.zeros(0, np.int32), np.zeros((0, WIDTH), np.int32)) == []
+    # last finishes `grace` calls later, here empty batches)
+    for _ in range(sim.grace):
+        assert adapter.propose([], np.zeros(0, np.int32), np.zeros((0, WIDTH), np.int32)) == []
+        sim.tick()
     assert len(adapter.proposer.global_cache) == len(sim.ref.global_cache) > 0
 
 
@@ -199,6 +212,24 @@ def test_runner_mode_uses_request_ids_and_keeps_preempted_state():
     assert adapter.proposer.states["a"].prompt_len == 3
 
 
+def test_runner_mode_releases_request_finished_during_reprefill():
+    adapter = SuffixDecoding(vllm_config())
+    runner = FakeRunner(adapter)
+    runner.load_model()
+    b = runner.input_batch
+    b.req_ids = ["a"]
+    b.token_ids_cpu[0, :6] = [1, 2, 3, 1, 2, 3]
+    b.num_prompt_tokens[0] = 3
+    runner.requests = {"a": 1}
+    runner.propose_draft_token_ids([[3]], np.array([6]))
+    assert "a" in adapter.proposer.states
+    runner.propose_draft_token_ids([[]], np.array([6]))   # preempted, re-prefilling
+    del runner.requests["a"]                               # aborted before decoding again
+    b.req_ids = []
+    runner.propose_draft_token_ids([], np.array([], np.int32))
+    assert "a" not in adapter.proposer.states and "a" not in adapter._last_drafted
+
+
 def test_runner_ignored_when_it_does_not_own_the_array():
     adapter = SuffixDecoding(vllm_config())
     runner = FakeRunner(adapter)
@@ -221,8 +252,50 @@ def test_content_resolver_unit():
     ids[1, 5] = 9
     b = r.resolve([[6, 7], [9]], np.array([7, 6]), ids)
     assert set(b.keys) == set(a.keys) and b.finished == []
-    c = r.resolve([[8]], np.array([8]), ids[:1] * 0 + np.r_[ids[0, :7], 8, np.zeros(42, np.int32)])
-    assert c.keys == [b.keys[0]] and c.finished == [b.keys[1]]
+    row0 = np.r_[ids[0, :7], 8, 9, 10, np.zeros(40, np.int32)][None].astype(np.int32)
+    finished = []
+    for n in (8, 9, 10):  # the second request is gone: finished after `grace` calls
+        c = r.resolve([[int(row0[0, n - 1])]], np.array([n]), row0)
+        assert c.keys == [b.keys[0]]
+        finished += c.finished
+    assert finished == [b.keys[1]]
+
+
+def test_content_resolver_survives_skipped_calls():
+    """vLLM skips propose() for the whole batch near max_model_len: rows
+    advance without a call; keys must be re-matched, not reported finished."""
+    r = ContentRowResolver()
+    ids = np.zeros((2, 60), np.int32)
+    ids[0, :10] = np.arange(10)
+    ids[1, :10] = np.arange(10) + 100
+    a = r.resolve([[9], [109]], np.array([10, 10]), ids)
+    ids[0, 10:14] = [1, 2, 3, 4]
+    ids[1, 10:14] = [5, 6, 7, 8]
+    b = r.resolve([[4], [8]], np.array([14, 14]), ids)  # two steps happened in between
+    assert b.keys == a.keys and b.finished == [] and b.prompt_lens == [9, 9]
+
+
+def test_content_mode_same_prefix_and_suffix_different_middle():
+    """Two requests with equal length, first 8 and last 32 tokens but different
+    middles swap rows: each row must still draft from its own content."""
+    adapter = SuffixDecoding(vllm_config(k=4))
+    adapter._read_internals = False
+    head, tail = list(range(1, 9)), list(range(200, 232))
+    mid_a = [50, 51, 52, 53, 50, 51, 52, 53]
+    mid_b = [60, 61, 62, 63, 60, 61, 62, 63]
+    a = np.array(head + mid_a + tail + [50, 51], np.int32)
+    b = np.array(head + mid_b + tail + [60, 61], np.int32)
+    tail_tok = [int(a[-1]), int(b[-1])]
+    ids = np.zeros((2, 100), np.int32)
+    ids[0, :a.size], ids[1, :b.size] = a, b
+    n = np.array([a.size, b.size])
+    adapter.propose([[tail_tok[0]], [tail_tok[1]]], n, ids)
+    # both get the same next token, then swap rows
+    a2, b2 = np.r_[a, 52], np.r_[b, 62]
+    ids[0, :a2.size], ids[1, :b2.size] = b2, a2
+    out = adapter.propose([[62], [52]], n + 1, ids)
+    assert out[0][0] == 63 and not set(out[0]) & set(mid_a)
+    assert out[1][0] == 53 and not set(out[1]) & set(mid_b)
 
 
 class Exploding(SuffixProposer):
