@@ -83,7 +83,9 @@ def select_backend(device: torch.device, backend: str = "auto") -> str:
         raise ValueError(f"tree_attention backend {backend!r}: allowed values: {', '.join(BACKENDS)}")
     avail = available_backends(device)
     if backend == "auto":
-        for b in ("flashinfer", "triton", "torch"):
+        # never auto-select the Triton *interpreter* on CPU: it exists for tests
+        order = ("flashinfer", "triton", "torch") if device.type == "cuda" else ("torch",)
+        for b in order:
             if b in avail:
                 return b
     if backend not in avail:

@@ -5,20 +5,29 @@ Tolerance: max abs error <= 2e-5 in float32 (inputs ~N(0, 1))."""
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # must precede the first triton import
+# Triton reads this when it is imported (here, at collection). tests/conftest.py
+# removes it again for every test outside tests/kernels, so vLLM subprocesses
+# and the rest of the suite never see it.
+os.environ["TRITON_INTERPRET"] = "1"
 
-import numpy as np
-import pytest
-import torch
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-from specpack.draft import Draft
-from specpack.kernels.tree_attention import (available_backends, contiguous_as_paged,
+from specpack.draft import Draft  # noqa: E402
+from specpack.kernels.tree_attention import (available_backends, contiguous_as_paged,  # noqa: E402
                                              reference_tree_attention, select_backend,
                                              tree_attention)
-from specpack.kernels.tree_mask import build_tree_batch, unpack_bits
+from specpack.kernels.tree_mask import build_tree_batch, unpack_bits  # noqa: E402
 
 pytest.importorskip("triton")
 ATOL = 2e-5
+
+
+@pytest.fixture(autouse=True)
+def triton_interpreter(monkeypatch):
+    """Run Triton kernels on CPU tensors in these tests."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
 def random_draft(rng, n, kind="random"):
@@ -140,6 +149,7 @@ def test_contiguous_layout_equals_paged():
 def test_backend_selection():
     cpu = torch.device("cpu")
     assert "triton" in available_backends(cpu)  # interpreter mode is on
+    assert select_backend(cpu, "auto") == "torch"  # the interpreter is never auto-selected
     assert select_backend(cpu, "torch") == "torch"
     with pytest.raises(ValueError, match="allowed values: auto, torch, triton, flashinfer"):
         select_backend(cpu, "cuda-graph")
