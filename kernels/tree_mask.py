@@ -65,16 +65,20 @@ def build_tree_batch(drafts: Sequence[Draft]) -> TreeBatch:
         dense[rows[has], local[anc[has]]] = True
         depth[has] += 1
         anc[has] = glob_par[anc[has]]
-    W = (T + 31) // 32
-    padded = np.zeros((n, W * 32), dtype=bool)
-    padded[:, :T] = dense
-    weights = (1 << np.arange(32, dtype=np.int64))
-    words = (padded.reshape(n, W, 32) * weights).sum(-1)
-    words = np.where(words >= 2**31, words - 2**32, words).astype(np.int32)
     return TreeBatch(torch.as_tensor(sizes, dtype=torch.int32),
                      torch.as_tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.int32),
                      torch.as_tensor(depth, dtype=torch.int32),
-                     torch.as_tensor(dense), torch.as_tensor(words))
+                     torch.as_tensor(dense), pack_bits(dense))
+
+
+def pack_bits(dense: np.ndarray) -> torch.Tensor:
+    """``[n, T]`` bool -> ``[n, ceil(T / 32)]`` int32, bit ``j % 32`` of word ``j // 32``."""
+    n, T = dense.shape
+    W = max(1, (T + 31) // 32)
+    padded = np.zeros((n, W * 32), dtype=bool)
+    padded[:, :T] = dense
+    words = (padded.reshape(n, W, 32) * (1 << np.arange(32, dtype=np.int64))).sum(-1)
+    return torch.as_tensor(np.where(words >= 2**31, words - 2**32, words).astype(np.int32))
 
 
 def unpack_bits(bits: torch.Tensor, T: int) -> torch.Tensor:

@@ -73,9 +73,8 @@ def _attn_implementation(model, name: str):
         cfg._attn_implementation = old
 
 
-def _tree_meta(L: list[int], T: list[int], masks: Sequence[np.ndarray], backend: str,
-               device) -> dict:
-    """Block table (page size 1), packed query index and bit-packed masks."""
+def _tree_meta(L: list[int], T: list[int], bits: torch.Tensor, backend: str, device) -> dict:
+    """Block table (page size 1) and packed query index for the padded batch."""
     B, Lm, Tm = len(L), max(L), max(T)
     S = Lm + Tm
     table = np.zeros((B, S), np.int32)
@@ -85,22 +84,12 @@ def _tree_meta(L: list[int], T: list[int], masks: Sequence[np.ndarray], backend:
         table[b, :L[b]] = base + np.arange(L[b])
         table[b, L[b]:L[b] + T[b]] = base + Lm + np.arange(T[b])
         q_index.extend(range(b * Tm, b * Tm + T[b]))
-    Wmax = max(T)
-    W = (Wmax + 31) // 32
-    bits = np.zeros((sum(T), W), np.int64)
-    row = 0
-    for b in range(B):
-        m = np.zeros((T[b], W * 32), bool)
-        m[:, :T[b]] = masks[b]
-        bits[row:row + T[b]] = (m.reshape(T[b], W, 32) * (1 << np.arange(32, dtype=np.int64))).sum(-1)
-        row += T[b]
-    bits = np.where(bits >= 2**31, bits - 2**32, bits).astype(np.int32)
     return {"table": torch.as_tensor(table, device=device),
             "q_index": torch.as_tensor(q_index, dtype=torch.long, device=device),
             "prefix_lens": torch.as_tensor(L, dtype=torch.int32, device=device),
             "cu_tree": torch.as_tensor(np.concatenate([[0], np.cumsum(T)]), dtype=torch.int32,
                                        device=device),
-            "bits": torch.as_tensor(bits, device=device), "backend": backend}
+            "bits": bits.to(device), "backend": backend}
 
 
 class CachedLM:
@@ -151,11 +140,12 @@ class CachedLM:
     def forward(self, keys: Sequence[Hashable], new_tokens: Sequence[Sequence[int]],
                 positions: Sequence[Sequence[int]], new_mask: Sequence[np.ndarray],
                 past_visible: Sequence[np.ndarray | None] | None = None,
-                tree: bool = False) -> list[torch.Tensor]:
+                tree_bits: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Run one ragged batch; return float32 logits ``[T_b, V]`` per request.
 
-        ``tree=True`` (prefix fully visible, ``new_mask`` = tree mask) runs
-        attention through the tree-attention kernels when enabled."""
+        ``tree_bits`` (``new_mask`` bit-packed, rows concatenated, prefix fully
+        visible) routes attention through the tree-attention kernels when they
+        are enabled; the dense 4D mask is then not built at all."""
         B = len(keys)
         T = [len(t) for t in new_tokens]
         Tm = max(T)
@@ -163,20 +153,11 @@ class CachedLM:
         Lm = max(L)
         ids = torch.zeros((B, Tm), dtype=torch.long, device=self.device)
         pos = torch.zeros((B, Tm), dtype=torch.long, device=self.device)
-        allow = torch.zeros((B, Tm, Lm + Tm), dtype=torch.bool)
         for b in range(B):
-            tb, lb = T[b], L[b]
-            ids[b, :tb] = torch.as_tensor(list(new_tokens[b]), dtype=torch.long)
-            pos[b, :tb] = torch.as_tensor(list(positions[b]), dtype=torch.long)
-            if lb:
-                pv = None if past_visible is None else past_visible[b]
-                allow[b, :tb, :lb] = True if pv is None else torch.as_tensor(pv, dtype=torch.bool)
-            allow[b, :tb, Lm:Lm + tb] = torch.as_tensor(np.asarray(new_mask[b], dtype=bool))
-            for t in range(tb, Tm):  # padded query rows: attend to themselves only
-                allow[b, t, Lm + t] = True
-        neg = torch.finfo(self.dtype).min
-        mask = torch.zeros(allow.shape, dtype=self.dtype).masked_fill(~allow, neg)
-        mask = mask[:, None].to(self.device)
+            ids[b, :T[b]] = torch.as_tensor(list(new_tokens[b]), dtype=torch.long)
+            pos[b, :T[b]] = torch.as_tensor(list(positions[b]), dtype=torch.long)
+        use_tree = tree_bits is not None and self.tree_attention is not None and past_visible is None
+        mask = None if use_tree else self._dense_mask(T, L, new_mask, past_visible)
 
         past = None
         if Lm:
@@ -201,8 +182,8 @@ class CachedLM:
             from transformers import DynamicCache
 
             past = DynamicCache(ddp_cache_data=layers)
-        if tree and self.tree_attention is not None and past_visible is None:
-            meta = _tree_meta(L, T, new_mask, self.tree_attention, self.device)
+        if use_tree:
+            meta = _tree_meta(L, T, tree_bits, self.tree_attention, self.device)
             with _attn_implementation(self.model, TREE_ATTENTION_NAME):
                 out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask,
                                  past_key_values=past, use_cache=True, specpack_tree=meta)
@@ -221,6 +202,22 @@ class CachedLM:
             )
             result.append(logits[b, :tb])
         return result
+
+    def _dense_mask(self, T, L, new_mask, past_visible) -> torch.Tensor:
+        """``[B, 1, T_max, L_max + T_max]`` additive mask for transformers' SDPA."""
+        B, Tm, Lm = len(T), max(T), max(L)
+        allow = torch.zeros((B, Tm, Lm + Tm), dtype=torch.bool)
+        for b in range(B):
+            tb, lb = T[b], L[b]
+            if lb:
+                pv = None if past_visible is None else past_visible[b]
+                allow[b, :tb, :lb] = True if pv is None else torch.as_tensor(pv, dtype=torch.bool)
+            allow[b, :tb, Lm:Lm + tb] = torch.as_tensor(np.asarray(new_mask[b], dtype=bool))
+            for t in range(tb, Tm):  # padded query rows: attend to themselves only
+                allow[b, t, Lm + t] = True
+        neg = torch.finfo(self.dtype).min
+        mask = torch.zeros(allow.shape, dtype=self.dtype).masked_fill(~allow, neg)
+        return mask[:, None].to(self.device)
 
     def commit(self, key: Hashable, keep: Sequence[int] | None = None) -> None:
         """Append pending entries ``keep`` (default: all) of the last forward."""

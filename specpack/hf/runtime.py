@@ -28,6 +28,7 @@ import torch
 
 from specpack.draft import Draft
 from specpack.kernels.sampling import process_logits
+from specpack.kernels.tree_mask import build_tree_batch
 from specpack.kernels.verify import greedy_verify, sample_verify
 from specpack.protocols import Budget, Feedback, RequestView
 from specpack.proposers.lm_cache import CachedLM
@@ -150,18 +151,17 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
             drafts = [d.truncated(v.budget.max_nodes, v.budget.max_depth)
                       for d, v in zip(drafts, views)]
             # one target forward over [root] + nodes per request
+            tb = build_tree_batch(drafts)
+            cu = tb.cu_tree.tolist()
             fw_tokens, fw_pos, fw_mask = [], [], []
-            for i, d in zip(live, drafts):
+            for b, (i, d) in enumerate(zip(live, drafts)):
                 c = len(committed[i])
+                n = len(d) + 1
                 fw_tokens.append([committed[i][-1]] + d.tokens.tolist())
-                fw_pos.append([c - 1] + (d.depths + (c - 1)).tolist())
-                m = np.zeros((len(d) + 1, len(d) + 1), dtype=bool)
-                m[:, 0] = True
-                if len(d):
-                    m[1:, 1:] = d.ancestor_mask()
-                m[0, 0] = True
-                fw_mask.append(m)
-            logits = lm.forward([keys[i] for i in live], fw_tokens, fw_pos, fw_mask, tree=True)
+                fw_pos.append((tb.depths[cu[b]:cu[b + 1]] + (c - 1)).tolist())
+                fw_mask.append(tb.dense_mask[cu[b]:cu[b + 1], :n].numpy())
+            logits = lm.forward([keys[i] for i in live], fw_tokens, fw_pos, fw_mask,
+                                tree_bits=tb.bits)
             feedback, finished = [], []
             for i, d, lg in zip(live, drafts, logits):
                 if temperature == 0:

@@ -129,3 +129,12 @@ def test_rejects_bad_arguments(models):
         generate(models["target"], [[1, 2]], None, temperature=-1)
     with pytest.raises(ValueError, match="at least one token"):
         generate(models["target"], [[]], None)
+
+
+def test_dense_mask_verification_path_matches(models, prompts, reference):
+    """The transformers-SDPA path (tree_attention=None) verifies the same trees."""
+    prop = DraftModelProposer(models["same"], DraftModelConfig(draft_model="m", mode="tree"),
+                              max_nodes=8)
+    res = generate(models["target"], prompts[:6], prop, max_new_tokens=MAX_NEW, max_nodes=8,
+                   max_depth=3, batch_size=3, tree_attention=None)
+    assert res.tokens == reference[:6] and res.tau > 2.0
