@@ -28,9 +28,8 @@ for the *child* of that node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from specpack.draft import Draft
@@ -42,7 +41,6 @@ class VerifyResult:
 
     accepted_nodes: list[int]
     tokens: list[int]
-    per_depth: list[int] = field(default_factory=list)
 
     @property
     def num_accepted(self) -> int:
@@ -128,14 +126,3 @@ def accept_all_verify(draft: Draft, target_probs: torch.Tensor,
     row = path[-1] + 1 if path else 0
     nxt = _sample(target_probs[row].float(), generator)
     return VerifyResult(path, [int(draft.tokens[c]) for c in path] + [nxt])
-
-
-def per_depth_counts(draft: Draft, result: VerifyResult, max_depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """(drafted, accepted) counts per depth 1..max_depth for acceptance-by-position stats."""
-    drafted = np.zeros(max_depth, np.int64)
-    accepted = np.zeros(max_depth, np.int64)
-    d = draft.max_depth
-    if d:
-        drafted[: min(d, max_depth)] = 1
-    accepted[: min(result.num_accepted, max_depth)] = 1
-    return drafted, accepted

@@ -239,9 +239,6 @@ class CachedLM:
         self.kv[key] = merged
         self.tokens.setdefault(key, []).extend(toks[i] for i in keep)
 
-    def discard_pending(self, key: Hashable) -> None:
-        self._pending.pop(key, None)
-
     def extend(self, keys: Sequence[Hashable], chunks: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Append token chunks causally (prefill / catch-up); returns their logits."""
         keys = [k for k, c in zip(keys, chunks) if len(c)]
