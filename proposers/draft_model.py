@@ -130,7 +130,10 @@ class DraftModelProposer:
         return torch.softmax(logits.float(), dim=-1)
 
     # ------------------------------------------------------------ drafting
-    def propose(self, batch: Sequence[RequestView]) -> list[Draft]:
+    def propose(self, batch: Sequence[RequestView], stop_rule=None) -> list[Draft]:
+        """Draft for ``batch``; ``stop_rule`` (:mod:`specpack.proposers.stopping`)
+        stops a branch before the token it would draw from a distribution the
+        rule rejects (adaptive length), and drops nodes it does not admit."""
         if not batch:
             return []
         root_logits = self._sync(batch)
@@ -156,12 +159,16 @@ class DraftModelProposer:
                 for u in frontier[b]:
                     q = q_rows[b][u]
                     pu = 1.0 if u < 0 else tree.probs[u]
+                    if stop_rule is not None and stop_rule.stop_before(depth, q, pu):
+                        continue
                     if tree.stochastic:
                         picks = torch.multinomial(q, width, replacement=True, generator=self.gen)
                     else:
                         picks = torch.topk(q, min(width, q.numel())).indices
                     for t in picks.tolist():
-                        cands.append((pu * float(q[t]), t, u))
+                        p = pu * float(q[t])
+                        if stop_rule is None or stop_rule.admits(p) or tree.stochastic:
+                            cands.append((p, t, u))
                 if not tree.stochastic:
                     cands.sort(key=lambda c: -c[0])
                     cands = cands[:room]

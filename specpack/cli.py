@@ -78,7 +78,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     from specpack.config import ConfigError
     from specpack.hf import generate
-    from specpack.registry import build_proposer
+    from specpack.registry import build_pipeline
 
     try:
         settings = json.loads(a.config) if a.config else {}
@@ -91,7 +91,7 @@ def cmd_generate(a: argparse.Namespace) -> None:
     proposer = None
     if a.method != "none":
         try:
-            proposer = build_proposer(settings, method=a.method, max_nodes=a.max_nodes,
+            proposer = build_pipeline(settings, method=a.method, max_nodes=a.max_nodes,
                                       where="--config")
         except ConfigError as e:
             raise SystemExit(f"invalid: {e}") from None
@@ -126,6 +126,10 @@ def cmd_bench(a: argparse.Namespace) -> None:
         a.target, a.draft = default_target(), a.draft or default_draft()
     a.workload = a.workload or str(BUILTIN_DIR / "default.jsonl")
     try:
+        a.policy = json.loads(a.policy) if a.policy else None
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"invalid: --policy is not valid JSON: {e}") from None
+    try:
         bench(a)
     except (ValueError, WorkloadError) as e:
         raise SystemExit(f"invalid: {e}") from None
@@ -147,7 +151,8 @@ def main(argv=None) -> None:
     g.add_argument("--target", required=True, help="HF checkpoint dir of the target (with tokenizer)")
     g.add_argument("--draft", default=None, help="HF checkpoint dir of a draft model")
     g.add_argument("--method", default="suffix", choices=["none", "suffix", "draft_model"])
-    g.add_argument("--config", default=None, help="JSON object of method settings")
+    g.add_argument("--config", default=None, help="JSON object of method settings "
+                   "(plus an optional 'policy' section)")
     g.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
     g.add_argument("--max-new-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
@@ -162,7 +167,12 @@ def main(argv=None) -> None:
     b.add_argument("--draft", default=None, help="draft checkpoint dir (enables draft_model methods)")
     b.add_argument("--methods", default="specpack:suffix",
                    help="comma list: none, vllm:ngram, vllm:draft_model, specpack:suffix, "
-                        "specpack:draft_model (hf); none and built-ins are always added")
+                        "specpack:draft_model, each specpack method optionally with a policy "
+                        "preset (specpack:suffix@k4, @svip, @threshold, @cumulative, @ema, "
+                        "@ucb, @exp3, @thompson, @quota-ucb, @off, +off, @custom); none and "
+                        "built-ins are always added")
+    b.add_argument("--policy", default=None, help="JSON policy object for the @custom preset "
+                   "(same schema as --additional-config specpack.policy)")
     b.add_argument("--workload", default=None, help="JSONL file (default: built-in workloads)")
     b.add_argument("--concurrency", default="1,16")
     b.add_argument("--num-speculative-tokens", type=int, default=8)

@@ -100,6 +100,90 @@ class DraftModelConfig(MethodConfig):
     seed: int = Field(0, description="Seed of the drafter's sampling.")
 
 
+class ArmConfig(BaseModel):
+    """One bandit arm: a proposer configuration and a draft budget."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    proposer: dict | None = Field(
+        None, description="Method config of the arm's proposer (same schema as the "
+        "method's own settings, incl. 'method'); default: the entry point's proposer.")
+    num_tokens: int = Field(..., ge=1, le=1024, description="Draft length / node budget of the arm.")
+
+
+POLICY_KINDS = ("fixed", "svip", "threshold", "cumulative", "acceptance_ema",
+                "ucb", "exp3", "thompson")
+BANDIT_KINDS = ("ucb", "exp3", "thompson")
+
+
+class PolicyConfig(BaseModel):
+    """How much to speculate per request and step (see ``specpack.proposers.policy``).
+
+    ``kind``: ``fixed`` (a constant length), ``svip`` / ``threshold`` /
+    ``cumulative`` (stopping rules, per position), ``acceptance_ema``
+    (budget from each request's recent accepted length), or a bandit over
+    ``arms`` (``ucb``, ``exp3``, ``thompson``). ``auto_off`` adds the
+    batch-aware cost model on top of any kind.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    kind: Literal["fixed", "svip", "threshold", "cumulative", "acceptance_ema",
+                  "ucb", "exp3", "thompson"] = "fixed"
+    num_tokens: int | None = Field(None, ge=1, le=1024, description="Length of 'fixed' "
+                                   "(default: the engine's number of speculative tokens).")
+    max_length: int = Field(40, ge=1, le=1024, description="Longest draft of the adaptive kinds "
+                            "(also capped by the engine's number of speculative tokens).")
+    svip_gamma: float = Field(0.15, gt=0.0, le=100.0, description="SVIP: stop when "
+                              "sqrt(svip_gamma * entropy) > svip_h.")
+    svip_h: float = Field(0.3, gt=0.0, le=100.0, description="SVIP threshold h.")
+    threshold: float = Field(0.4, ge=0.0, le=1.0, description="'threshold': stop when the "
+                             "draft's top-1 probability < threshold.")
+    cumulative_threshold: float = Field(0.6, ge=0.0, le=1.0, description="'cumulative': stop "
+                                        "when 1 - prod(p_i) > cumulative_threshold.")
+    ema_decay: float = Field(0.7, ge=0.0, lt=1.0, description="'acceptance_ema': weight of "
+                             "the previous average accepted length.")
+    arms: list[ArmConfig] = Field(default_factory=list, description="Bandit arms (>= 2).")
+    scope: Literal["request", "global", "batch_quota"] = Field(
+        "global", description="Bandit scope: one bandit per request, one shared by all "
+        "requests, or one per step for the whole batch with the cost model choosing "
+        "which requests speculate (batch_quota).")
+    ucb_c: float = Field(0.5, ge=0.0, le=100.0, description="UCB exploration weight.")
+    exp3_gamma: float = Field(0.1, gt=0.0, le=1.0, description="EXP3 exploration share.")
+    exp3_forget: float = Field(0.995, gt=0.0, le=1.0, description="EXP3 weight discount per update.")
+    auto_off: bool = Field(True, description="Batch-aware cost model: draft only the tokens "
+                           "whose expected acceptance pays for their verification cost.")
+    explore: float = Field(0.05, ge=0.0, le=1.0, description="Share of steps that ignore "
+                           "auto_off so the step-cost fit keeps seeing long drafts.")
+    seed: int = Field(0, description="Seed of the bandits' randomness.")
+    max_tracked_requests: int = Field(4096, ge=1, description="Cap on per-request policy "
+                                      "states (least recently used evicted).")
+
+    def model_post_init(self, __context) -> None:
+        if self.kind in BANDIT_KINDS and len(self.arms) < 2:
+            raise ValueError(f"policy kind {self.kind!r} needs 'arms' with at least 2 entries")
+        if self.kind not in BANDIT_KINDS and self.arms:
+            raise ValueError(f"'arms' only applies to the bandit kinds "
+                             f"({', '.join(BANDIT_KINDS)}), not {self.kind!r}")
+
+
+def parse_policy_config(raw: Mapping[str, Any] | None, *, default_method: str,
+                        where: str = "specpack policy") -> PolicyConfig | None:
+    """Validate a ``policy`` section (None = no policy) and every arm's proposer."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    try:
+        cfg = PolicyConfig.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, PolicyConfig, where)) from None
+    for i, arm in enumerate(cfg.arms):
+        if arm.proposer is not None:
+            parse_method_config(arm.proposer, where=f"{where}: arms[{i}].proposer")
+    return cfg
+
+
 #: method name -> config model. Extended by later methods.
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"suffix": SuffixConfig,
                                                  "draft_model": DraftModelConfig}
@@ -111,6 +195,8 @@ def _describe_allowed(model: type[BaseModel], field: str) -> str:
         return ""
     ann = info.annotation
     type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    if type_name == "Literal":
+        return ""
     bounds = []
     for m in info.metadata:
         for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
@@ -130,6 +216,9 @@ def format_validation_error(
         if e["type"] == "extra_forbidden":
             allowed = ", ".join(sorted(model.model_fields))
             lines.append(f"{where}: unknown field '{field}'; allowed fields: {allowed}")
+            continue
+        if not e["loc"]:
+            lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
             continue
         got = e.get("input")
         allowed = _describe_allowed(model, str(e["loc"][0])) if e["loc"] else ""

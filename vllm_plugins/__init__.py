@@ -15,6 +15,7 @@ _EXPORTS = {
     "PROPOSER_CLASSES": "specpack.vllm_plugins.proposer",
     "SpecpackProposer": "specpack.vllm_plugins.proposer",
     "SuffixDecoding": "specpack.vllm_plugins.proposer",
+    "DraftModel": "specpack.vllm_plugins.proposer",
 }
 
 __all__ = sorted(_EXPORTS)

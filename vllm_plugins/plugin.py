@@ -17,7 +17,8 @@ import json
 import logging
 import sys
 
-from specpack.config import ConfigError, parse_method_config
+from specpack.config import ConfigError
+from specpack.registry import validate_pipeline
 from specpack.vllm_plugins.names import PROPOSER_METHODS
 from specpack.vllm_plugins.version import check_vllm_version
 
@@ -70,8 +71,8 @@ def validate_engine_args(speculative_config, additional_config) -> str | None:
         )
     extra = load(additional_config, "--additional-config")
     method = PROPOSER_METHODS[name]
-    parse_method_config(extra.get("specpack", {}), default_method=method,
-                        where="--additional-config specpack")
+    validate_pipeline(extra.get("specpack", {}), method=method, max_nodes=k,
+                      where="--additional-config specpack")
     return method
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, ClassVar, Hashable
 
 from specpack.config import ConfigError
 from specpack.protocols import Budget, Feedback, RequestView
-from specpack.registry import build_proposer
+from specpack.registry import build_pipeline
 from specpack.vllm_plugins.names import PROPOSER_METHODS
 from specpack.vllm_plugins.rows import ContentRowResolver, RunnerRowResolver, find_runner
 from specpack.vllm_plugins.version import installed_vllm_version, is_tested
@@ -51,7 +52,7 @@ class SpecpackProposer:
         spec = vllm_config.speculative_config
         self.k = int(spec.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
-        self.proposer = build_proposer(
+        self.proposer = build_pipeline(
             specpack_settings(vllm_config), method=self.method, max_nodes=self.k,
             where="--additional-config specpack",
         )
@@ -61,6 +62,7 @@ class SpecpackProposer:
         self._last_drafted: dict[Hashable, int] = {}
         self._errors = 0
         self._mode = ""
+        self._prev_step: tuple[int, int, float] | None = None
         logger.info("specpack: %s proposer ready (k=%d, config=%s)",
                     self.method, self.k, self.proposer.config.model_dump())
 
@@ -103,6 +105,7 @@ class SpecpackProposer:
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu,
                 slot_mappings=None, **_: Any) -> list[list[int]]:
+        now = time.perf_counter()
         n_rows = len(sampled_token_ids)
         try:
             rows = self._resolve(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
@@ -114,43 +117,77 @@ class SpecpackProposer:
                 self.proposer.release(key, finished=False)
         except Exception:
             self._log_error("row tracking")
+            self._prev_step = None
             return [[] for _ in range(n_rows)]
 
-        drafts: list[list[int]] = []
-        feedback = []
+        # feedback on the previous step first, so policies decide on fresh data
+        feedback, views, view_rows = [], [], []
+        steady = True  # no prefill in the step that just ran: its time is a decode step
         for i in range(n_rows):
             key = rows.keys[i]
             if key is None:
-                drafts.append([])
                 continue
-            n = int(num_tokens_no_spec[i])
-            room = min(self.k, self.max_model_len - n - 1)
+            if len(sampled_token_ids[i]) == 0:
+                steady = False
+                continue
             accepted = len(sampled_token_ids[i]) - 1
             if key in self._last_drafted:
                 feedback.append(Feedback(key, self._last_drafted[key], accepted))
-            if room <= 0:
-                drafts.append([])
-                self._last_drafted[key] = 0
-                continue
-            try:
-                view = RequestView(key, token_ids_cpu[i, :n], Budget(room, room),
-                                   accepted=accepted, num_prompt_tokens=rows.prompt_lens[i])
-                draft = self.proposer.propose([view])[0]
-                tokens = draft.best_path_tokens()[:room].tolist()
-            except Exception:
-                self._log_error(f"propose (row {i})")
-                try:
-                    self.proposer.release(key, finished=False)
-                except Exception:
-                    pass
-                tokens = []
-            self._last_drafted[key] = len(tokens)
-            drafts.append(tokens)
+            else:
+                steady = False
         if feedback:
             try:
                 self.proposer.observe(feedback)
             except Exception:
                 self._log_error("observe")
+        prev = self._prev_step
+        if prev is not None and steady and hasattr(self.proposer, "observe_step"):
+            try:
+                self.proposer.observe_step(prev[0], prev[1], now - prev[2])
+            except Exception:
+                self._log_error("observe_step")
+
+        drafts: list[list[int]] = [[] for _ in range(n_rows)]
+        for i in range(n_rows):
+            key = rows.keys[i]
+            if key is None:
+                continue
+            n = int(num_tokens_no_spec[i])
+            room = min(self.k, self.max_model_len - n - 1)
+            self._last_drafted[key] = 0
+            if room <= 0:
+                continue
+            views.append(RequestView(key, token_ids_cpu[i, :n], Budget(room, room),
+                                     accepted=len(sampled_token_ids[i]) - 1,
+                                     num_prompt_tokens=rows.prompt_lens[i]))
+            view_rows.append(i)
+        if views:
+            try:
+                out = self.proposer.propose(views)
+            except Exception:
+                # one bad request must not cost the others their drafts
+                self._log_error("propose (batch); retrying row by row")
+                out = []
+                for v in views:
+                    try:
+                        out.append(self.proposer.propose([v])[0])
+                    except Exception:
+                        self._log_error(f"propose (request {v.key!r})")
+                        try:
+                            self.proposer.release(v.key, finished=False)
+                        except Exception:
+                            pass
+                        out.append(None)
+            for i, v, d in zip(view_rows, views, out):
+                try:
+                    tokens = [] if d is None else d.best_path_tokens()[:v.budget.max_nodes].tolist()
+                except Exception:
+                    self._log_error(f"draft of row {i}")
+                    tokens = []
+                drafts[i] = tokens
+                self._last_drafted[v.key] = len(tokens)
+        lens = [len(d) for d in drafts]
+        self._prev_step = (n_rows + sum(lens), max(lens, default=0), now)
         return drafts
 
 
@@ -166,6 +203,21 @@ class SuffixDecoding(SpecpackProposer):
     method = "suffix"
 
 
+class DraftModel(SpecpackProposer):
+    """A small ``transformers`` causal LM drafts inside the vLLM worker:
+    ``specpack.vllm_plugins.DraftModel``.
+
+    Settings (``--additional-config '{"specpack": {"draft_model": PATH, ...}}'``)
+    are those of the ``draft_model`` method (``mode``, ``tree_width``, ...).
+    The drafter runs on CPU in the worker process with its own KV cache per
+    request, so SVIP/threshold/cumulative policies see its distributions.
+    vLLM verifies chains: a tree mode hands over its best path.
+    """
+
+    method = "draft_model"
+
+
 #: Entry points users may name in ``--speculative-config``'s ``model``.
-PROPOSER_CLASSES: dict[str, type[SpecpackProposer]] = {"SuffixDecoding": SuffixDecoding}
+PROPOSER_CLASSES: dict[str, type[SpecpackProposer]] = {"SuffixDecoding": SuffixDecoding,
+                                                       "DraftModel": DraftModel}
 assert {n: c.method for n, c in PROPOSER_CLASSES.items()} == PROPOSER_METHODS

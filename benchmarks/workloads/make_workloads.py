@@ -1,6 +1,8 @@
 """Build the built-in bench workloads from this Python's standard library.
 
     python benchmarks/workloads/make_workloads.py --out specpack/bench/workloads/default.jsonl
+    python benchmarks/workloads/make_workloads.py --copy 48 --open 48 --multi 32 --long 0 \
+        --mixed mixed --max-new-tokens 64 --out specpack/bench/workloads/batch.jsonl
 
 Each line is ``{"category", "prompt", "max_new_tokens", "source"}`` (the bench
 reads the first three and ignores extra keys). Material: CPython 3.11
@@ -101,8 +103,18 @@ def main() -> None:
     ap.add_argument("--open", type=int, default=8)
     ap.add_argument("--multi", type=int, default=6)
     ap.add_argument("--long", type=int, default=4)
+    ap.add_argument("--mixed", default=None, metavar="NAME",
+                    help="put every prompt in one category NAME (a batch workload: one phase "
+                         "keeps all concurrency slots busy)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="override every request's")
     a = ap.parse_args()
     rows = build(a.copy, a.open, a.multi, a.long)
+    for r in rows:
+        if a.mixed:
+            r["source"] = f"{r['category']}/{r['source']}"
+            r["category"] = a.mixed
+        if a.max_new_tokens:
+            r["max_new_tokens"] = a.max_new_tokens
     with open(a.out, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")

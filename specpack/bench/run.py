@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from specpack.bench.methods import Method, parse_methods, vllm_configs
+from specpack.bench.methods import Method, parse_methods, specpack_settings, vllm_configs
 from specpack.bench.report import summarise, write
 from specpack.bench.workload import by_category, load_workload
 
@@ -54,7 +54,8 @@ def fit_to_model(cats: dict, model_path: str) -> tuple[dict, int, dict]:
 
 def run_vllm_offline(method: Method, args, cats: dict, max_len: int, workdir: Path,
                      tag: str = "") -> dict:
-    spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens)
+    spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens,
+                               getattr(args, "policy", None))
     job = {"model": args.target, "speculative_config": spec, "additional_config": extra,
            "concurrency": args.concurrency, "seed": args.seed, "max_model_len": max_len,
            "categories": {c: [r.__dict__ for r in reqs] for c, reqs in cats.items()}}
@@ -76,10 +77,10 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specpack.config import DraftModelConfig
+    from specpack.config import DraftModelConfig, MethodConfig
     from specpack.hf import generate
     from specpack.proposers.draft_model import DraftModelProposer
-    from specpack.proposers.suffix import SuffixProposer
+    from specpack.registry import FACTORIES, build_pipeline
 
     if "target" not in state:
         state["tok"] = AutoTokenizer.from_pretrained(args.target)
@@ -92,12 +93,19 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
         for cat, reqs in cats.items():
             if method.name == "none":
                 prop, nodes, depth = None, k, k
-            elif method.name == "specpack:suffix":
-                prop, nodes, depth = SuffixProposer(max_nodes=k), k, k
             else:
-                prop = DraftModelProposer(state["draft"], DraftModelConfig(draft_model=args.draft),
-                                          max_nodes=min(k, 4))
-                nodes = depth = min(k, 4)
+                settings = specpack_settings(method, args.draft, k, getattr(args, "policy", None))
+
+                def build(mc: MethodConfig, n: int):
+                    if isinstance(mc, DraftModelConfig) and mc.draft_model == args.draft:
+                        return DraftModelProposer(state["draft"], mc, max_nodes=n)  # loaded once
+                    return FACTORIES[mc.method](mc, n)
+
+                nodes = depth = k
+                if method.base == "specpack:draft_model" and method.preset is None:
+                    nodes = depth = min(k, 4)
+                prop = build_pipeline(settings, method=method.base.split(":")[1], max_nodes=nodes,
+                                      where=f"bench {method.name}", build=build)
             prompts = [tok(r.prompt, add_special_tokens=False).input_ids for r in reqs]
             mnt = max(r.max_new_tokens for r in reqs)
             res = generate(state["target"], prompts, prop, max_new_tokens=mnt, max_nodes=nodes,

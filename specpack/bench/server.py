@@ -126,7 +126,8 @@ def _client(url: str, model: str, queue: list, lock, results: dict) -> None:
 def run_vllm_server(method: Method, args, cats: dict, max_len: int, workdir: Path) -> dict:
     from transformers import AutoTokenizer
 
-    spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens)
+    spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens,
+                               getattr(args, "policy", None))
     log = workdir / f"server-{method.name.replace(':', '_')}-c{'_'.join(map(str, args.concurrency))}.log"
     try:
         proc, url = start_server(args.target, spec, extra, max_len, max(args.concurrency),

@@ -135,6 +135,7 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
         pending = pending[batch_size:]
         lm.extend([keys[i] for i in live], [committed[i][:-1] for i in live])  # prefill
         while live:
+            t_step = time.perf_counter()
             views = []
             for i in live:
                 views.append(RequestView(keys[i], np.asarray(committed[i], np.int32),
@@ -196,6 +197,10 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
             step_log.append({"batch": len(live), "drafted": sum(len(d) for d in drafts),
                              "accepted": sum(f.accepted for f in feedback)})
             if proposer is not None:
+                if hasattr(proposer, "observe_step"):
+                    proposer.observe_step(len(drafts) + sum(len(d) for d in drafts),
+                                          max((d.max_depth for d in drafts), default=0),
+                                          time.perf_counter() - t_step)
                 proposer.observe(feedback)
             if policy is not None:
                 policy.observe(feedback)

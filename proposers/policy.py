@@ -1,0 +1,294 @@
+"""The policy layer: how much each request speculates at each step.
+
+:class:`PolicyProposer` wraps one or more proposers and is itself a
+:class:`~specpack.protocols.Proposer`, so every engine adapter hosts it
+unchanged. Per step it
+
+1. picks a configuration and a length cap per request (``PolicyConfig.kind``):
+
+   * ``fixed`` - the same length for everyone;
+   * ``svip`` / ``threshold`` / ``cumulative`` - the drafter stops per
+     position (:mod:`specpack.proposers.stopping`); drafters with
+     distributions (draft model) apply the rule while drafting, others after
+     the fact on their node probabilities;
+   * ``acceptance_ema`` - for drafters without probabilities: the cap is
+     ``ceil(L) + 1`` with ``L`` the request's exponential moving average of
+     accepted length (a fully accepted draft counts one more, so the cap can
+     grow);
+   * ``ucb`` / ``exp3`` / ``thompson`` - a bandit (:mod:`specpack.proposers.bandits`)
+     over ``arms`` = (proposer config, length), scoped per request, global,
+     or ``batch_quota`` (one arm per step for the whole batch; the cost
+     model picks which requests speculate). Reward = emitted tokens per
+     second of step cost, the request's share ``(a + c D) / B + b (1 + k)``
+     under the fitted cost model, so a longer draft that slows the step is
+     paid for;
+
+2. with ``auto_off``, trims those caps with the goodput-greedy rule of
+   :mod:`specpack.proposers.cost_model` (per-request acceptance rates from
+   an exponentially weighted success/failure count with a Beta(1, 1) prior
+   shrunk to the batch-wide rate), which turns speculation off per request
+   or for the whole batch when it does not pay;
+3. asks each proposer for the requests assigned to it, with the capped budget.
+
+Engines report each step's wall time with :meth:`observe_step`; feedback
+(drafted, accepted) arrives through :meth:`observe` as for any proposer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Hashable, Sequence
+
+import numpy as np
+
+from specpack.config import BANDIT_KINDS, ConfigError, MethodConfig, PolicyConfig, parse_method_config
+from specpack.draft import Draft
+from specpack.protocols import Budget, Feedback, RequestView
+from specpack.proposers.bandits import BANDITS, Bandit, RewardScale
+from specpack.proposers.cost_model import StepCostModel, choose_draft_lengths
+from specpack.proposers.stopping import (ConfidenceRule, CumulativeRule, StopRule, SVIPRule,
+                                         truncate_by_rule)
+
+#: methods whose drafts carry per-position draft distributions
+DISTRIBUTION_METHODS = ("draft_model",)
+
+
+def make_rule(cfg: PolicyConfig, cap: int) -> StopRule | None:
+    length = min(cfg.max_length, cap)
+    if cfg.kind == "svip":
+        return SVIPRule(max_length=length, gamma=cfg.svip_gamma, h=cfg.svip_h)
+    if cfg.kind == "threshold":
+        return ConfidenceRule(max_length=length, threshold=cfg.threshold)
+    if cfg.kind == "cumulative":
+        return CumulativeRule(max_length=length, threshold=cfg.cumulative_threshold)
+    return None
+
+
+@dataclass
+class _ReqState:
+    ema_len: float = -1.0      # acceptance_ema
+    succ: float = 0.0          # discounted accepted tokens
+    fail: float = 0.0          # discounted rejections
+    arm: int = -1              # arm used at the last step
+    drafted: int = 0
+    bandit: Bandit | None = None
+
+
+class PolicyProposer:
+    """A policy over one or more proposers; implements ``Proposer``."""
+
+    method = "policy"
+
+    def __init__(self, cfg: PolicyConfig, base: MethodConfig, *, max_nodes: int,
+                 build: Callable[[MethodConfig, int], Any], where: str = "specpack policy"):
+        self.cfg = cfg
+        self.max_nodes = max_nodes
+        self.config = base
+        self._where = where
+        # one proposer per distinct proposer config
+        self.proposers: list[Any] = []
+        self.proposer_methods: list[str] = []
+        keys: dict[str, int] = {}
+
+        def proposer_for(mc: MethodConfig, nodes: int) -> int:
+            k = json.dumps(mc.model_dump(), sort_keys=True)
+            if k not in keys:
+                keys[k] = len(self.proposers)
+                self.proposers.append(build(mc, nodes))
+                self.proposer_methods.append(mc.method)
+            return keys[k]
+
+        if cfg.kind in BANDIT_KINDS:
+            self.arms: list[tuple[int, int]] = []
+            for i, arm in enumerate(cfg.arms):
+                mc = base if arm.proposer is None else parse_method_config(
+                    arm.proposer, where=f"{where}: arms[{i}].proposer")
+                if arm.num_tokens > max_nodes:
+                    raise ConfigError(
+                        f"{where}: arms[{i}].num_tokens = {arm.num_tokens} exceeds the engine's "
+                        f"number of speculative tokens ({max_nodes}); allowed: 1..{max_nodes}")
+                self.arms.append((proposer_for(mc, max_nodes), arm.num_tokens))
+        else:
+            n = cfg.num_tokens or max_nodes
+            if cfg.kind == "fixed" and n > max_nodes:
+                raise ConfigError(
+                    f"{where}: field 'num_tokens' = {n} exceeds the engine's number of "
+                    f"speculative tokens ({max_nodes}); allowed: 1..{max_nodes}")
+            self.arms = [(proposer_for(base, max_nodes), min(n, max_nodes))]
+        self.rule = make_rule(cfg, max_nodes)
+        if cfg.kind == "svip" and base.method not in DISTRIBUTION_METHODS:
+            raise ConfigError(
+                f"{where}: policy kind 'svip' needs a drafter with draft distributions "
+                f"({', '.join(DISTRIBUTION_METHODS)}); method {base.method!r} has none - use "
+                "'acceptance_ema', 'cumulative' or a bandit")
+        self._rng = np.random.default_rng(cfg.seed)
+        self._global: Bandit | None = None
+        if cfg.kind in BANDIT_KINDS and cfg.scope != "request":
+            self._global = self._new_bandit(0)
+        self._states: OrderedDict[Hashable, _ReqState] = OrderedDict()
+        self.cost = StepCostModel()
+        self._scale = RewardScale()
+        self._succ_all = 1.0
+        self._fail_all = 1.0
+        self._step_arm = -1
+        self.steps = 0
+        self.spec_off_steps = 0
+        self.last_lengths: list[int] = []
+
+    # ------------------------------------------------------------ helpers
+    def _new_bandit(self, salt: int) -> Bandit:
+        cls = BANDITS[self.cfg.kind]
+        seed = self.cfg.seed * 1_000_003 + salt
+        if self.cfg.kind == "ucb":
+            return cls(len(self.arms), seed, c=self.cfg.ucb_c)
+        if self.cfg.kind == "exp3":
+            return cls(len(self.arms), seed, gamma=self.cfg.exp3_gamma, forget=self.cfg.exp3_forget)
+        return cls(len(self.arms), seed)
+
+    def _state(self, key: Hashable) -> _ReqState:
+        st = self._states.get(key)
+        if st is None:
+            st = _ReqState()
+            if self.cfg.kind in BANDIT_KINDS and self.cfg.scope == "request":
+                st.bandit = self._new_bandit(len(self._states) + self.steps)
+            self._states[key] = st
+            while len(self._states) > self.cfg.max_tracked_requests:
+                self._states.popitem(last=False)
+        else:
+            self._states.move_to_end(key)
+        return st
+
+    def alpha(self, key: Hashable) -> float:
+        """Per-token acceptance estimate of a request (shrunk to the batch-wide rate)."""
+        st = self._states.get(key)
+        prior = self._succ_all / (self._succ_all + self._fail_all)
+        if st is None:
+            return prior
+        m = 2.0
+        return (st.succ + m * prior) / (st.succ + st.fail + m)
+
+    def _cap(self, st: _ReqState, view: RequestView) -> tuple[int, int]:
+        """(arm, length cap) for one request before the cost model."""
+        kind = self.cfg.kind
+        if kind in BANDIT_KINDS:
+            if self.cfg.scope == "request":
+                arm = st.bandit.select()
+            elif self.cfg.scope == "global":
+                arm = self._global.select()
+            else:
+                arm = self._step_arm
+        else:
+            arm = 0
+        cap = self.arms[arm][1]
+        if kind in ("svip", "threshold", "cumulative"):
+            cap = min(self.cfg.max_length, self.max_nodes)
+        elif kind == "acceptance_ema":
+            cap = self.max_nodes if st.ema_len < 0 else int(math.ceil(st.ema_len)) + 1
+            cap = max(1, min(cap, self.cfg.max_length, self.max_nodes))
+        return arm, min(cap, view.budget.max_nodes)
+
+    # ------------------------------------------------------------ Proposer
+    def propose(self, batch: Sequence[RequestView]) -> list[Draft]:
+        if not batch:
+            return []
+        self.steps += 1
+        if self.cfg.kind in BANDIT_KINDS and self.cfg.scope == "batch_quota":
+            self._step_arm = self._global.select()
+        states = [self._state(v.key) for v in batch]
+        picks = [self._cap(st, v) for st, v in zip(states, batch)]
+        caps = [c for _, c in picks]
+        quota = self.cfg.scope == "batch_quota" and self.cfg.kind in BANDIT_KINDS
+        explore = self._rng.random() < self.cfg.explore
+        if (self.cfg.auto_off or quota) and not explore:
+            lengths = choose_draft_lengths([self.alpha(v.key) for v in batch], caps, self.cost)
+        else:
+            lengths = caps
+        if caps and any(caps) and not any(lengths):
+            self.spec_off_steps += 1
+        self.last_lengths = lengths
+        drafts: list[Draft | None] = [None] * len(batch)
+        groups: dict[int, list[int]] = {}
+        for i, ((arm, _), n) in enumerate(zip(picks, lengths)):
+            states[i].arm = arm
+            if n <= 0:
+                drafts[i] = Draft.empty()
+                continue
+            groups.setdefault(self.arms[arm][0], []).append(i)
+        for p, rows in groups.items():
+            proposer = self.proposers[p]
+            views = [replace(batch[i], budget=Budget(lengths[i], min(lengths[i],
+                                                                     batch[i].budget.max_depth)))
+                     for i in rows]
+            uses_q = self.proposer_methods[p] in DISTRIBUTION_METHODS
+            if self.rule is not None and uses_q:
+                out = proposer.propose(views, stop_rule=self.rule)
+            else:
+                out = proposer.propose(views)
+            for i, d in zip(rows, out):
+                if self.rule is not None and not uses_q:
+                    d = truncate_by_rule(d, self.rule)
+                drafts[i] = d.truncated(lengths[i], batch[i].budget.max_depth)
+        for st, d in zip(states, drafts):
+            st.drafted = len(d)
+        return drafts  # type: ignore[return-value]
+
+    def observe(self, feedback: Sequence[Feedback]) -> None:
+        lam = 0.9
+        ema = self.cfg.ema_decay
+        by_prop: dict[int, list[Feedback]] = {}
+        batch = len(feedback)
+        a, b, c = self.cost.coef
+        depth = max((f.drafted for f in feedback), default=0)
+        step_tokens = 0.0
+        for f in feedback:
+            st = self._states.get(f.key)
+            acc = max(0, min(f.accepted, f.drafted))
+            step_tokens += 1 + acc
+            if f.drafted > 0:
+                rejected = 1.0 if acc < f.drafted else 0.0
+                if st is not None:
+                    st.succ = lam * st.succ + acc
+                    st.fail = lam * st.fail + rejected
+                self._succ_all = 0.995 * self._succ_all + acc
+                self._fail_all = 0.995 * self._fail_all + rejected
+            if st is None:
+                continue
+            if self.cfg.kind == "acceptance_ema" and f.drafted > 0:
+                target = acc + 1 if acc == f.drafted else acc
+                st.ema_len = target if st.ema_len < 0 else ema * st.ema_len + (1 - ema) * target
+            if st.arm >= 0:
+                by_prop.setdefault(self.arms[st.arm][0], []).append(f)
+                if self.cfg.kind in BANDIT_KINDS and self.cfg.scope != "batch_quota" \
+                        and self.cost.ready:
+                    share = (a + c * depth) / max(batch, 1) + b * (1 + f.drafted)
+                    reward = self._scale((1 + acc) / max(share, 1e-9))
+                    (st.bandit if self.cfg.scope == "request" else self._global).update(st.arm, reward)
+        if self.cfg.kind in BANDIT_KINDS and self.cfg.scope == "batch_quota" \
+                and self.cost.ready and self._step_arm >= 0:
+            n_ver = batch + sum(f.drafted for f in feedback)
+            t = self.cost.predict(n_ver, depth)
+            self._global.update(self._step_arm, self._scale(step_tokens / max(t, 1e-9)))
+        for p, fb in by_prop.items():
+            self.proposers[p].observe(fb)
+
+    def observe_step(self, num_tokens: int, max_depth: int, seconds: float) -> None:
+        """Measured wall time of one engine step that verified ``num_tokens``."""
+        self.cost.observe(num_tokens, max_depth, seconds)
+
+    def release(self, key: Hashable, finished: bool = True) -> None:
+        self._states.pop(key, None)
+        for p in self.proposers:
+            p.release(key, finished)
+
+    # ------------------------------------------------------------ reports
+    def describe(self) -> dict:
+        out = {"kind": self.cfg.kind, "steps": self.steps, "spec_off_steps": self.spec_off_steps,
+               "cost_coef": [float(x) for x in self.cost.coef]}
+        bandit = self._global
+        if bandit is not None:
+            out["arm_counts"] = bandit.counts.tolist()
+            out["arm_means"] = [round(float(x), 4) for x in bandit.means]
+        return out

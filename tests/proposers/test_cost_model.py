@@ -1,0 +1,81 @@
+"""Step-cost fit and the goodput-greedy draft lengths (auto-off)."""
+
+import numpy as np
+import pytest
+
+from specpack.proposers.cost_model import StepCostModel, choose_draft_lengths
+
+
+def fitted(a, b, c, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    m = StepCostModel(forget=1.0)
+    for _ in range(200):
+        n, d = int(rng.integers(1, 300)), int(rng.integers(0, 9))
+        m.observe(n, d, a + b * n + c * d + noise * rng.standard_normal())
+    return m
+
+
+def test_fit_recovers_coefficients():
+    m = fitted(0.01, 0.0002, 0.001, noise=1e-5)
+    assert m.coef == pytest.approx([0.01, 0.0002, 0.001], rel=0.05)
+    assert m.predict(100, 4) == pytest.approx(0.01 + 0.02 + 0.004, rel=0.02)
+
+
+def test_slopes_never_negative_and_bad_samples_ignored():
+    m = StepCostModel()
+    for n in range(1, 50):
+        m.observe(n, 0, 0.01 - 1e-5 * n)    # faster with more tokens: nonsense
+    assert (m.coef[1:] >= 0).all() and m.coef[0] > 0
+    before = m.n
+    m.observe(10, 1, float("nan"))
+    m.observe(10, 1, -1.0)
+    assert m.n == before
+
+
+def test_no_model_means_full_caps():
+    assert choose_draft_lengths([0.1, 0.9], [4, 8], None) == [4, 8]
+    assert choose_draft_lengths([0.1, 0.9], [4, 8], StepCostModel()) == [4, 8]
+
+
+def test_low_load_speculates_high_load_turns_off():
+    # fixed cost dominates (small batch): drafting is cheap relative to a step
+    m = fitted(0.02, 0.00005, 0.0)
+    assert choose_draft_lengths([0.6], [8], m)[0] >= 4
+    # verification cost dominates: 64 requests with a mediocre acceptance rate
+    m = fitted(0.004, 0.001, 0.0)
+    lens = choose_draft_lengths([0.5] * 64, [8] * 64, m)
+    assert lens == [0] * 64
+    # ... but near-certain requests still speculate
+    lens = choose_draft_lengths([0.5] * 63 + [0.99], [8] * 64, m)
+    assert lens[:63] == [0] * 63 and lens[63] > 0
+
+
+def test_lengths_respect_caps_and_zero_alpha():
+    m = fitted(0.05, 0.0, 0.0)      # free verification: everything up to the cap pays
+    assert choose_draft_lengths([0.9, 0.0, 0.9], [3, 8, 0], m) == [3, 0, 0]
+
+
+def test_depth_cost_is_shared_by_the_batch():
+    """A drafter pass (c) that is too dear for one request pays for many."""
+    m = fitted(0.004, 0.0001, 0.002)
+    one = choose_draft_lengths([0.9], [4], m)
+    many = choose_draft_lengths([0.9] * 16, [4] * 16, m)
+    assert min(many) >= 1
+    assert one[0] <= min(many) or one[0] >= 1
+
+
+def test_greedy_choice_maximises_goodput_against_brute_force():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        a, b, c = rng.uniform(0.001, 0.01), rng.uniform(0, 0.002), rng.uniform(0, 0.003)
+        m = fitted(a, b, c)
+        alphas = rng.uniform(0.05, 0.95, size=3)
+        caps = [3, 3, 3]
+        lens = choose_draft_lengths(alphas, caps, m)
+        ca, cb, cc = m.coef
+
+        def goodput(ls):
+            e = 3 + sum(sum(al ** j for j in range(1, l + 1)) for al, l in zip(alphas, ls))
+            return e / (ca + cb * (3 + sum(ls)) + cc * max(ls))
+        best = max(goodput([x, y, z]) for x in range(4) for y in range(4) for z in range(4))
+        assert goodput(lens) >= 0.97 * best
