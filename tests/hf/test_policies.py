@@ -1,0 +1,98 @@
+"""Greedy losslessness of every policy kind on the reference runtime.
+
+Policies only change what is drafted, never how it is verified: outputs must
+equal plain decoding exactly, for the suffix proposer and the draft model,
+with auto-off on and off.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from specpack.config import DraftModelConfig
+from specpack.hf import generate
+from specpack.proposers.draft_model import DraftModelProposer
+from specpack.registry import FACTORIES, build_pipeline
+
+MAX_NEW = 32
+ARMS = [{"num_tokens": 2}, {"num_tokens": 6}]
+SUFFIX_POLICIES = [
+    {"kind": "fixed", "num_tokens": 3, "auto_off": False},
+    {"kind": "fixed"},                                    # auto-off on by default
+    {"kind": "threshold", "auto_off": False},
+    {"kind": "cumulative"},
+    {"kind": "acceptance_ema", "auto_off": False},
+    {"kind": "ucb", "arms": ARMS, "scope": "request", "auto_off": False},
+    {"kind": "exp3", "arms": ARMS},
+    {"kind": "thompson", "arms": ARMS, "scope": "batch_quota"},
+]
+DRAFT_POLICIES = [
+    {"kind": "svip", "auto_off": False},
+    {"kind": "threshold"},
+    {"kind": "cumulative", "auto_off": False},
+    {"kind": "ucb", "arms": [{"num_tokens": 2}, {"num_tokens": 5, "proposer": {
+        "method": "draft_model", "draft_model": "in-memory", "mode": "tree", "tree_width": 2}}]},
+]
+
+
+@pytest.fixture(scope="module")
+def target(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(10):
+        p = rng.integers(3, 500, size=int(rng.integers(2, 25))).tolist()
+        out.append(p * 3 if i % 2 == 0 else p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(target, prompts):
+    return generate(target, prompts, None, max_new_tokens=MAX_NEW, batch_size=5).tokens
+
+
+@pytest.mark.parametrize("policy", SUFFIX_POLICIES, ids=lambda p: p["kind"] + p.get("scope", ""))
+def test_suffix_policies_lossless(target, prompts, reference, policy):
+    prop = build_pipeline({"suffix_decoding_max_spec_factor": 2.0, "policy": policy},
+                          method="suffix", max_nodes=8)
+    res = generate(target, prompts, prop, max_new_tokens=MAX_NEW, max_nodes=8, max_depth=8,
+                   batch_size=5)
+    assert res.tokens == reference
+    assert res.tau > 1.1, res.summary()        # the policy still lets drafts through
+    assert prop.steps > 0
+
+
+@pytest.mark.parametrize("policy", DRAFT_POLICIES, ids=lambda p: p["kind"])
+def test_draft_model_policies_lossless(target, prompts, reference, policy):
+    def build(mc, n):
+        if mc.method == "draft_model":
+            return DraftModelProposer(target, mc, max_nodes=n)   # target as drafter
+        return FACTORIES[mc.method](mc, n)
+
+    prop = build_pipeline({"draft_model": "in-memory", "policy": policy}, method="draft_model",
+                          max_nodes=8, build=build)
+    res = generate(target, prompts, prop, max_new_tokens=MAX_NEW, max_nodes=8, max_depth=8,
+                   batch_size=5)
+    assert res.tokens == reference
+    assert res.tau > 1.5, res.summary()
+
+
+def test_svip_drafts_less_where_the_drafter_is_unsure(target, prompts, tmp_path):
+    """SVIP with a very strict h stops at once; with a lax h it drafts to max_length."""
+    def run(h):
+        prop = build_pipeline({"draft_model": "in-memory",
+                               "policy": {"kind": "svip", "svip_h": h, "max_length": 4,
+                                          "auto_off": False}},
+                              method="draft_model", max_nodes=8,
+                              build=lambda mc, n: DraftModelProposer(target, mc, max_nodes=n))
+        return generate(target, prompts[:4], prop, max_new_tokens=16, max_nodes=8, max_depth=8)
+    strict, lax = run(1e-4), run(50.0)
+    assert sum(s.drafted for s in strict.stats) == 0
+    assert all(s.drafted > 0 for s in lax.stats)
+    assert max(len(lax.acceptance_by_position), 0) == 4
