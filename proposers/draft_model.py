@@ -81,6 +81,7 @@ class DraftModelProposer:
         self.vocab = int(model.config.vocab_size)
         self.gen = torch.Generator().manual_seed(self.config.seed)
         self._root_logits: dict[Hashable, torch.Tensor] = {}
+        self.root_q: dict[Hashable, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, config: DraftModelConfig, *, max_nodes: int = 8) -> "DraftModelProposer":
@@ -143,6 +144,8 @@ class DraftModelProposer:
         trees = [_Tree(self.vocab, v.temperature > 0) for v in batch]
         frontier: list[list[int]] = [[-1] for _ in batch]
         q_rows: list[dict[int, torch.Tensor]] = [{-1: self._q(lg, v)} for lg, v in zip(root_logits, batch)]
+        #: root distribution of each request of the last call (used by fusion)
+        self.root_q = {v.key: q[-1] for v, q in zip(batch, q_rows)}
         budgets = [min(v.budget.max_nodes, self.max_nodes) for v in batch]
         max_depth = max(v.budget.max_depth for v in batch)
         base = [self.lm.length(v.key) for v in batch]  # == len(context)

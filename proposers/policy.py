@@ -53,7 +53,7 @@ from specpack.proposers.stopping import (ConfidenceRule, CumulativeRule, StopRul
                                          truncate_by_rule)
 
 #: methods whose drafts carry per-position draft distributions
-DISTRIBUTION_METHODS = ("draft_model",)
+DISTRIBUTION_METHODS = ("draft_model", "rasd")
 
 
 def make_rule(cfg: PolicyConfig, cap: int) -> StopRule | None:

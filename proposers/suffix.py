@@ -195,11 +195,32 @@ class SuffixProposer:
         return [self.propose_one(v) for v in batch]
 
     def propose_one(self, view: RequestView) -> Draft:
+        (ln, lscore), (gn, gscore) = self._draft_both(view)
+        if gn > 0 and gscore > lscore:
+            return self._as_draft(self._scratch.out_global, gn)
+        return self._as_draft(self._scratch.out, ln)
+
+    def propose_sources(self, view: RequestView) -> dict[str, tuple[Draft, float]]:
+        """This request's trie and the global trie, each as (draft, score),
+        score = expected accepted tokens (sum of node probabilities)."""
+        (ln, lscore), (gn, gscore) = self._draft_both(view)
+        return {"request": (self._as_draft(self._scratch.out, ln), float(lscore)),
+                "global": (self._as_draft(self._scratch.out_global, gn), float(gscore))}
+
+    @staticmethod
+    def _as_draft(out, n: int) -> Draft:
+        if n <= 0:
+            return Draft.empty()
+        return Draft.trusted(out[0][:n].copy(), out[1][:n].copy(), out[2][:n].copy())
+
+    def _draft_both(self, view: RequestView):
+        """((nodes, score) from this request's trie, (nodes, score) from the
+        global trie), written to the scratch buffers ``out`` / ``out_global``."""
         st = self._state_for(view)
         max_nodes = min(view.budget.max_nodes, self.max_nodes)
         max_depth = view.budget.max_depth
         if max_nodes <= 0 or max_depth <= 0 or view.context.size == 0:
-            return Draft.empty()
+            return (0, 0.0), (0, 0.0)
         s = self._scratch
         D = self.max_depth
         trie = st.trie
@@ -211,6 +232,7 @@ class SuffixProposer:
                                  max_depth, max_nodes, self.config.suffix_decoding_max_spec_factor,
                                  self.config.suffix_decoding_min_token_prob,
                                  *s.out, *s.tmp, *s.cand)
+        gn, gscore = 0, 0.0
         g = self.global_cache
         if len(g):
             gt = g.trie
@@ -222,15 +244,7 @@ class SuffixProposer:
                                        self.config.suffix_decoding_max_spec_factor,
                                        self.config.suffix_decoding_min_token_prob,
                                        *s.out_global, *s.tmp, *s.cand)
-            if gn > 0 and gscore > score:
-                n, out = gn, s.out_global
-            else:
-                out = s.out
-        else:
-            out = s.out
-        if n == 0:
-            return Draft.empty()
-        return Draft.trusted(out[0][:n].copy(), out[1][:n].copy(), out[2][:n].copy())
+        return (int(n), float(score)), (int(gn), float(gscore))
 
     # ------------------------------------------------------------ introspection
     def memory_bytes(self) -> int:

@@ -70,6 +70,12 @@ def cmd_methods(a: argparse.Namespace) -> None:
             if name == "method":
                 continue
             print(f"  {name} = {f.default!r}: {f.description or ''}")
+    from specpack.config import PolicyConfig
+
+    print("policy (any method, as the 'policy' object inside the specpack settings):")
+    for name, f in PolicyConfig.model_fields.items():
+        default = f.default if f.default_factory is None else f.default_factory()
+        print(f"  {name} = {default!r}: {f.description or ''}")
 
 
 def cmd_generate(a: argparse.Namespace) -> None:

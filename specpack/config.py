@@ -100,6 +100,105 @@ class DraftModelConfig(MethodConfig):
     seed: int = Field(0, description="Seed of the drafter's sampling.")
 
 
+class DatastoreConfig(MethodConfig):
+    """REST (He et al., 2024, arXiv:2311.08252): drafts from a tokenized corpus.
+
+    The longest context suffix (``max_match`` down to ``min_match`` tokens)
+    found in the corpus index selects up to ``max_matches`` occurrences; the
+    ``continuation_length`` tokens after each are merged into a prefix trie
+    and the ``max_tree_nodes`` most frequent prefixes form the draft tree
+    (probability = prefix count / matches).
+    """
+
+    method: Literal["datastore"] = "datastore"
+    datastore_path: str = Field(..., min_length=1, description="Directory written by "
+                                "'specpack datastore build' (same tokenizer as the engine).")
+    max_match: int = Field(16, ge=1, le=64, description="Longest context suffix looked up "
+                           "(capped by the index's sort depth).")
+    min_match: int = Field(2, ge=1, le=64, description="Shortest context suffix looked up.")
+    max_matches: int = Field(64, ge=1, le=4096, description="Occurrences read per lookup.")
+    continuation_length: int = Field(10, ge=1, le=128, description="Tokens read after each "
+                                     "occurrence.")
+    max_tree_nodes: int = Field(64, ge=1, le=1024, description="Node budget of the draft tree "
+                                "(also capped by the engine's budget).")
+
+    def model_post_init(self, __context) -> None:
+        if self.min_match > self.max_match:
+            raise ValueError(f"min_match ({self.min_match}) must be <= max_match "
+                             f"({self.max_match})")
+
+
+class TokenRecyclingConfig(MethodConfig):
+    """Token Recycling (Luo et al., 2024, arXiv:2408.08696): a table of the
+    ``top_k`` most recent successor candidates of every token, drafted by
+    breadth-first expansion over a fixed tree template of
+    ``template_nodes`` nodes."""
+
+    method: Literal["token_recycling"] = "token_recycling"
+    top_k: int = Field(8, ge=1, le=64, description="Successor candidates kept per token.")
+    template_nodes: int = Field(80, ge=1, le=1024, description="Nodes of the static draft tree "
+                                "template (also capped by the engine's budget).")
+    template_depth: int = Field(8, ge=1, le=64, description="Depth of the template.")
+    vocab_size: int = Field(1 << 18, ge=2, le=1 << 22, description="Cap on token ids the table "
+                            "covers (it grows to the largest id seen; memory = ids x top_k x 4 B).")
+    table_path: str | None = Field(None, description="A table saved with save(): loaded at "
+                                   "start when the file exists.")
+
+
+RETRIEVAL_SOURCES = ("request", "global", "datastore", "token_recycling")
+
+
+class CascadeConfig(MethodConfig):
+    """Hierarchical retrieval cascade: this request's suffix trie, then the
+    global trie of recent outputs, then the corpus datastore, then Token
+    Recycling. ``mode='first'`` stops at the first source whose draft has
+    expected accepted tokens (sum of node probabilities) >= ``min_score``;
+    ``mode='merge'`` merges every source's tree by prefix under the budget."""
+
+    method: Literal["cascade"] = "cascade"
+    sources: list[Literal["request", "global", "datastore", "token_recycling"]] | None = Field(
+        None, min_length=1, description="Sources in the order asked (default: request, global, "
+        "datastore when 'datastore' is set, token_recycling); 'datastore' needs 'datastore'.")
+    mode: Literal["first", "merge"] = Field("first", description="first | merge")
+    min_score: float = Field(1.0, ge=0.0, le=1024.0, description="'first': accept a source's "
+                             "draft when its expected accepted tokens reach this.")
+    suffix: dict = Field(default_factory=dict, description="SuffixDecoding settings of the "
+                         "request/global sources.")
+    datastore: dict | None = Field(None, description="Datastore settings (incl. datastore_path).")
+    token_recycling: dict = Field(default_factory=dict, description="Token Recycling settings.")
+
+    @property
+    def resolved_sources(self) -> list[str]:
+        if self.sources is not None:
+            return list(self.sources)
+        return [s for s in RETRIEVAL_SOURCES if s != "datastore" or self.datastore is not None]
+
+    def model_post_init(self, __context) -> None:
+        if self.sources is None:
+            return
+        if len(set(self.sources)) != len(self.sources):
+            raise ValueError(f"'sources' lists a source twice: {self.sources}")
+        if "datastore" in self.sources and self.datastore is None:
+            raise ValueError("'sources' includes 'datastore' but no 'datastore' settings "
+                             "(with datastore_path) were given; drop it from 'sources' or add "
+                             "'datastore': {\"datastore_path\": ...}")
+
+
+class FusionConfig(DraftModelConfig):
+    """RASD-style fusion (Quan et al., 2025, arXiv:2503.03434): a draft-model
+    tree plus a retrieval tree. Retrieval branches whose first token has
+    draft-model probability below ``prune_threshold`` are dropped; the rest
+    are merged with the model tree by longest-prefix matching and the
+    ``max`` of the two path probabilities; the best nodes fill the budget."""
+
+    method: Literal["rasd"] = "rasd"  # type: ignore[assignment]
+    retrieval: dict = Field(default_factory=lambda: {"method": "suffix"}, description="Method "
+                            "config of the retrieval source (suffix, datastore, token_recycling, "
+                            "cascade).")
+    prune_threshold: float = Field(0.05, ge=0.0, le=1.0, description="Drop retrieval branches "
+                                   "whose first token has draft probability below this.")
+
+
 class ArmConfig(BaseModel):
     """One bandit arm: a proposer configuration and a draft budget."""
 
@@ -129,7 +228,9 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     kind: Literal["fixed", "svip", "threshold", "cumulative", "acceptance_ema",
-                  "ucb", "exp3", "thompson"] = "fixed"
+                  "ucb", "exp3", "thompson"] = Field(
+        "fixed", description="fixed | svip | threshold | cumulative | acceptance_ema | ucb | "
+        "exp3 | thompson")
     num_tokens: int | None = Field(None, ge=1, le=1024, description="Length of 'fixed' "
                                    "(default: the engine's number of speculative tokens).")
     max_length: int = Field(40, ge=1, le=1024, description="Longest draft of the adaptive kinds "
@@ -186,7 +287,12 @@ def parse_policy_config(raw: Mapping[str, Any] | None, *, default_method: str,
 
 #: method name -> config model. Extended by later methods.
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"suffix": SuffixConfig,
-                                                 "draft_model": DraftModelConfig}
+                                                 "draft_model": DraftModelConfig,
+                                                 "datastore": DatastoreConfig,
+                                                 "token_recycling": TokenRecyclingConfig,
+                                                 "cascade": CascadeConfig,
+                                                 "rasd": FusionConfig}
+RETRIEVAL_METHODS = ("suffix", "datastore", "token_recycling", "cascade")
 
 
 def _describe_allowed(model: type[BaseModel], field: str) -> str:
@@ -266,6 +372,35 @@ def parse_method_config(
     raw["method"] = method
     model = METHOD_CONFIGS[method]
     try:
-        return model.model_validate(raw)
+        cfg = model.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model, where)) from None
+    for field, sub in nested_configs(cfg):
+        if sub is not None:
+            nested_method_config(cfg, field, where)
+    return cfg
+
+
+def nested_configs(cfg: MethodConfig) -> list[tuple[str, Any]]:
+    """(field, raw settings) of the sub-proposers a composite method builds."""
+    if isinstance(cfg, CascadeConfig):
+        return [("suffix", cfg.suffix), ("datastore", cfg.datastore),
+                ("token_recycling", cfg.token_recycling)]
+    if isinstance(cfg, FusionConfig):
+        return [("retrieval", cfg.retrieval)]
+    return []
+
+
+def nested_method_config(cfg: MethodConfig, field: str, where: str) -> MethodConfig:
+    """Validate one sub-proposer's settings of a composite method."""
+    raw = dict(getattr(cfg, field) or {})
+    sub_where = f"{where}: {field}"
+    if isinstance(cfg, CascadeConfig):
+        method = {"suffix": "suffix", "datastore": "datastore",
+                  "token_recycling": "token_recycling"}[field]
+        return parse_method_config(raw, default_method=method, where=sub_where)
+    method = raw.get("method")
+    if method not in RETRIEVAL_METHODS:
+        raise ConfigError(f"{sub_where}: field 'method' = {method!r}: allowed values: "
+                          f"{', '.join(RETRIEVAL_METHODS)}")
+    return parse_method_config(raw, where=sub_where)

@@ -19,8 +19,33 @@ def _draft_model(config: MethodConfig, max_nodes: int):
     return DraftModelProposer.from_config(config, max_nodes=max_nodes)  # type: ignore[arg-type]
 
 
-FACTORIES: dict[str, Callable[[MethodConfig, int], Any]] = {"suffix": _suffix,
-                                                            "draft_model": _draft_model}
+def _datastore(config: MethodConfig, max_nodes: int):
+    from specpack.proposers.retrieval import DatastoreProposer
+
+    return DatastoreProposer(config, max_nodes=max_nodes)  # type: ignore[arg-type]
+
+
+def _token_recycling(config: MethodConfig, max_nodes: int):
+    from specpack.proposers.token_recycling import TokenRecyclingProposer
+
+    return TokenRecyclingProposer(config, max_nodes=max_nodes)  # type: ignore[arg-type]
+
+
+def _cascade(config: MethodConfig, max_nodes: int):
+    from specpack.proposers.retrieval import CascadeProposer
+
+    return CascadeProposer(config, max_nodes=max_nodes)  # type: ignore[arg-type]
+
+
+def _rasd(config: MethodConfig, max_nodes: int):
+    from specpack.proposers.retrieval import FusionProposer
+
+    return FusionProposer(config, max_nodes=max_nodes)  # type: ignore[arg-type]
+
+
+FACTORIES: dict[str, Callable[[MethodConfig, int], Any]] = {
+    "suffix": _suffix, "draft_model": _draft_model, "datastore": _datastore,
+    "token_recycling": _token_recycling, "cascade": _cascade, "rasd": _rasd}
 assert FACTORIES.keys() == METHOD_CONFIGS.keys()
 
 
@@ -68,7 +93,7 @@ def validate_pipeline(raw: Mapping[str, Any] | None, *, method: str | None = Non
     policy = parse_policy_config(policy_raw, default_method=config.method, where=f"{where}: policy")
     if policy is None:
         return
-    if policy.kind == "svip" and config.method != "draft_model":
+    if policy.kind == "svip" and config.method not in ("draft_model", "rasd"):
         raise ConfigError(f"{where}: policy: policy kind 'svip' needs a drafter with draft "
                           f"distributions (draft_model); method {config.method!r} has none - use "
                           "'acceptance_ema', 'cumulative' or a bandit")

@@ -58,10 +58,10 @@ def test_degenerate_values_rejected():
 
 def test_unknown_and_conflicting_method():
     msg = err({"method": "medusa"})
-    assert "'method'" in msg and "'medusa'" in msg and "allowed values: draft_model, suffix" in msg
+    assert "'method'" in msg and "'medusa'" in msg and "allowed values: cascade, datastore, draft_model, rasd, suffix, token_recycling" in msg
     assert "required" in err({})
     msg = err({"method": "nope"}, default_method="suffix")
-    assert "allowed values: draft_model, suffix" in msg
+    assert "allowed values: cascade, datastore, draft_model, rasd, suffix, token_recycling" in msg
     msg = err({"method": "draft_model"}, default_method="suffix")
     assert "conflicts with the entry point" in msg
     msg = err({"method": "draft_model"})

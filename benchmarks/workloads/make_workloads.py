@@ -1,8 +1,8 @@
 """Build the built-in bench workloads from this Python's standard library.
 
     python benchmarks/workloads/make_workloads.py --out specpack/bench/workloads/default.jsonl
-    python benchmarks/workloads/make_workloads.py --copy 48 --open 48 --multi 32 --long 0 \
-        --mixed mixed --max-new-tokens 64 --out specpack/bench/workloads/batch.jsonl
+    python benchmarks/workloads/make_workloads.py --copy 24 --open 24 --multi 16 --long 0 \
+        --mixed mixed --max-new-tokens 48 --out specpack/bench/workloads/batch.jsonl
 
 Each line is ``{"category", "prompt", "max_new_tokens", "source"}`` (the bench
 reads the first three and ignores extra keys). Material: CPython 3.11
