@@ -245,3 +245,67 @@ class Datastore:
         m, k = _lookup(self.tokens, self.index, ctx, min(max_match, self.sort_depth),
                        max(min_match, 1), max_matches, continuation_length, out)
         return int(m), out[:k]
+
+
+# ---------------------------------------------------------------- corpus input
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".js", ".ts",
+                 ".java", ".go", ".rs", ".json", ".yaml", ".yml", ".toml", ".html", ".css",
+                 ".sh", ".sql", ".tex")
+
+
+def corpus_files(inputs: Iterable[str]) -> list[Path]:
+    """Files named by ``inputs`` (files, or directories walked for text files), sorted."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and
+                          (f.suffix in TEXT_SUFFIXES or f.suffix == ".jsonl"))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"--input {item}: no such file or directory")
+    return out
+
+
+def iter_texts(files: Iterable[Path]):
+    """Documents: one per text file; one per line of a ``.jsonl`` file (a JSON
+    string, or an object's ``text`` / ``prompt`` / ``content`` field)."""
+    for f in files:
+        if f.suffix == ".jsonl":
+            with open(f, encoding="utf-8", errors="replace") as fh:
+                for n, line in enumerate(fh, 1):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    obj = json.loads(line)
+                    if isinstance(obj, str):
+                        yield obj
+                        continue
+                    for k in ("text", "prompt", "content"):
+                        if isinstance(obj, dict) and isinstance(obj.get(k), str):
+                            yield obj[k]
+                            break
+                    else:
+                        raise ValueError(f"{f}:{n}: expected a JSON string or an object with "
+                                         "'text', 'prompt' or 'content'")
+        else:
+            yield f.read_text(encoding="utf-8", errors="replace")
+
+
+def tokenize_corpus(texts: Iterable[str], tokenizer, batch: int = 256):
+    """Token-id documents (np.int32) from texts, in batches."""
+    buf: list[str] = []
+
+    def flush():
+        enc = tokenizer(buf, add_special_tokens=False)["input_ids"]
+        for ids in enc:
+            yield np.asarray(ids, np.int32)
+        buf.clear()
+
+    for t in texts:
+        buf.append(t)
+        if len(buf) >= batch:
+            yield from flush()
+    if buf:
+        yield from flush()

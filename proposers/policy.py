@@ -274,6 +274,11 @@ class PolicyProposer:
         for p, fb in by_prop.items():
             self.proposers[p].observe(fb)
 
+    def observe_target_topk(self, tokens, topk) -> None:
+        for p in self.proposers:
+            if hasattr(p, "observe_target_topk"):
+                p.observe_target_topk(tokens, topk)
+
     def observe_step(self, num_tokens: int, max_depth: int, seconds: float) -> None:
         """Measured wall time of one engine step that verified ``num_tokens``."""
         self.cost.observe(num_tokens, max_depth, seconds)

@@ -97,23 +97,24 @@ class TokenRecyclingProposer:
         return True
 
     def learn_bigrams(self, tokens: np.ndarray) -> None:
-        """MRU update from consecutive committed tokens."""
-        tokens = np.asarray(tokens)
+        """MRU update from consecutive committed tokens (ids outside
+        ``[0, vocab_size)`` are skipped with the pairs they belong to)."""
+        tokens = np.asarray(tokens, np.int64)
         if tokens.size < 2:
             return
-        if not self._grow(int(tokens.max())):
-            tokens = tokens[tokens < self.config.vocab_size]
-            if tokens.size < 2:
-                return
+        a, b = tokens[:-1], tokens[1:]
+        cap = self.config.vocab_size
+        ok = (a >= 0) & (a < cap) & (b >= 0) & (b < cap)
+        if not ok.any():
+            return
+        self._grow(int(max(a[ok].max(), b[ok].max())))
         table = self.table
-        for a, b in zip(tokens[:-1].tolist(), tokens[1:].tolist()):
-            if a < 0 or b < 0:
-                continue
-            row = table[a]
-            hit = np.flatnonzero(row == b)
+        for x, y in zip(a[ok].tolist(), b[ok].tolist()):
+            row = table[x]
+            hit = np.flatnonzero(row == y)
             j = int(hit[0]) if hit.size else self.k - 1
             row[1: j + 1] = row[:j].copy()
-            row[0] = b
+            row[0] = y
 
     def observe_target_topk(self, tokens: np.ndarray, topk: np.ndarray) -> None:
         """``topk[i]`` = the target's top candidates after ``tokens[i]``."""

@@ -141,6 +141,38 @@ def cmd_bench(a: argparse.Namespace) -> None:
         raise SystemExit(f"invalid: {e}") from None
 
 
+def cmd_datastore(a: argparse.Namespace) -> None:
+    """Build a corpus datastore (REST) from files / directories / JSONL."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    from specpack.proposers.datastore import (build_datastore, corpus_files, iter_texts,
+                                              tokenize_corpus)
+
+    if a.sort_depth < 1 or a.sort_depth > 64:
+        raise SystemExit(f"invalid: --sort-depth {a.sort_depth}: allowed 1..64")
+    t0 = time.perf_counter()
+    try:
+        files = corpus_files(a.input)
+    except FileNotFoundError as e:
+        raise SystemExit(f"invalid: {e}") from None
+    if not files:
+        raise SystemExit("invalid: --input names no files")
+    tok = AutoTokenizer.from_pretrained(a.tokenizer)
+    try:
+        meta = build_datastore(tokenize_corpus(iter_texts(files), tok), a.out,
+                               sort_depth=a.sort_depth, tokenizer=a.tokenizer)
+    except ValueError as e:
+        raise SystemExit(f"invalid: {e}") from None
+    from specpack.proposers.datastore import Datastore
+
+    size = Datastore(a.out).nbytes_on_disk
+    print(json.dumps({"out": a.out, "files": len(files), "documents": meta["num_documents"],
+                      "tokens": meta["num_tokens"], "index_bytes": size,
+                      "build_s": round(time.perf_counter() - t0, 2)}, indent=1))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="specpack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -186,6 +218,16 @@ def main(argv=None) -> None:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", default="bench-out")
     b.set_defaults(func=cmd_bench)
+    ds = sub.add_parser("datastore", help="corpus datastore for the REST proposer")
+    dsub = ds.add_subparsers(dest="ds_cmd", required=True)
+    dsb = dsub.add_parser("build", help="tokenize a corpus and build its memory-mapped index")
+    dsb.add_argument("--tokenizer", required=True, help="tokenizer (model dir) of the target")
+    dsb.add_argument("--input", nargs="+", required=True,
+                     help="files, directories (walked for text files) or .jsonl files")
+    dsb.add_argument("--out", required=True, help="output directory")
+    dsb.add_argument("--sort-depth", type=int, default=16,
+                     help="longest lookup the index supports (tokens)")
+    dsb.set_defaults(func=cmd_datastore)
     m = sub.add_parser("methods", help="list methods, their vLLM class and settings")
     m.set_defaults(func=cmd_methods)
     a = ap.parse_args(argv)

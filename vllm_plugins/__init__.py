@@ -16,6 +16,10 @@ _EXPORTS = {
     "SpecpackProposer": "specpack.vllm_plugins.proposer",
     "SuffixDecoding": "specpack.vllm_plugins.proposer",
     "DraftModel": "specpack.vllm_plugins.proposer",
+    "CorpusDatastore": "specpack.vllm_plugins.proposer",
+    "TokenRecycling": "specpack.vllm_plugins.proposer",
+    "RetrievalCascade": "specpack.vllm_plugins.proposer",
+    "RASD": "specpack.vllm_plugins.proposer",
 }
 
 __all__ = sorted(_EXPORTS)

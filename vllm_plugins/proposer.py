@@ -217,7 +217,39 @@ class DraftModel(SpecpackProposer):
     method = "draft_model"
 
 
+class CorpusDatastore(SpecpackProposer):
+    """REST corpus datastore: ``specpack.vllm_plugins.CorpusDatastore``;
+    settings: ``datastore_path`` (built by ``specpack datastore build``),
+    ``max_match``, ``min_match``, ``max_matches``, ``continuation_length``,
+    ``max_tree_nodes``. The index is memory-mapped: all workers share it."""
+
+    method = "datastore"
+
+
+class TokenRecycling(SpecpackProposer):
+    """Token Recycling: ``specpack.vllm_plugins.TokenRecycling``. vLLM's
+    ``custom_class`` hook receives token ids only, so the table learns from
+    committed tokens (bigrams), not from the target's top-k."""
+
+    method = "token_recycling"
+
+
+class RetrievalCascade(SpecpackProposer):
+    """Hierarchical retrieval cascade: ``specpack.vllm_plugins.RetrievalCascade``."""
+
+    method = "cascade"
+
+
+class RASD(SpecpackProposer):
+    """Draft model + retrieval fusion (RASD): ``specpack.vllm_plugins.RASD``;
+    needs ``draft_model`` (a transformers checkpoint run in the worker)."""
+
+    method = "rasd"
+
+
 #: Entry points users may name in ``--speculative-config``'s ``model``.
-PROPOSER_CLASSES: dict[str, type[SpecpackProposer]] = {"SuffixDecoding": SuffixDecoding,
-                                                       "DraftModel": DraftModel}
+PROPOSER_CLASSES: dict[str, type[SpecpackProposer]] = {
+    "SuffixDecoding": SuffixDecoding, "DraftModel": DraftModel,
+    "CorpusDatastore": CorpusDatastore, "TokenRecycling": TokenRecycling,
+    "RetrievalCascade": RetrievalCascade, "RASD": RASD}
 assert {n: c.method for n, c in PROPOSER_CLASSES.items()} == PROPOSER_METHODS

@@ -164,7 +164,14 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
             logits = lm.forward([keys[i] for i in live], fw_tokens, fw_pos, fw_mask,
                                 tree_bits=tb.bits)
             feedback, finished = [], []
+            topk_sink = getattr(proposer, "observe_target_topk", None)
             for i, d, lg in zip(live, drafts, logits):
+                if topk_sink is not None:
+                    # every verified position's top-k: what the target itself
+                    # considered after the root and after each draft node
+                    k = min(8, lg.shape[-1])
+                    topk_sink(np.concatenate([[committed[i][-1]], d.tokens]).astype(np.int64),
+                              lg.topk(k, dim=-1).indices.numpy())
                 if temperature == 0:
                     res = greedy_verify(d, lg.argmax(-1))
                 else:
