@@ -209,6 +209,8 @@ def main(argv=None) -> None:
                         "preset (specpack:suffix@k4, @svip, @threshold, @cumulative, @ema, "
                         "@ucb, @exp3, @thompson, @quota-ucb, @off, +off, @custom); none and "
                         "built-ins are always added")
+    b.add_argument("--datastore", default=None, help="datastore dir (specpack datastore build) "
+                   "for specpack:datastore, and used by specpack:cascade / specpack:rasd")
     b.add_argument("--policy", default=None, help="JSON policy object for the @custom preset "
                    "(same schema as --additional-config specpack.policy)")
     b.add_argument("--workload", default=None, help="JSONL file (default: built-in workloads)")

@@ -24,8 +24,13 @@ from dataclasses import dataclass
 
 ENGINES = ("vllm", "hf")
 BUILTINS = {"vllm": ("vllm:ngram", "vllm:draft_model"), "hf": ()}
-SPECPACK = {"vllm": ("specpack:suffix", "specpack:draft_model"),
-            "hf": ("specpack:suffix", "specpack:draft_model")}
+SPECPACK = {"vllm": ("specpack:suffix", "specpack:draft_model", "specpack:datastore",
+                     "specpack:token_recycling", "specpack:cascade", "specpack:rasd"),
+            "hf": ("specpack:suffix", "specpack:draft_model", "specpack:datastore",
+                   "specpack:token_recycling", "specpack:cascade", "specpack:rasd")}
+#: methods that need --draft / --datastore
+NEEDS_DRAFT = ("specpack:draft_model", "specpack:rasd", "vllm:draft_model")
+NEEDS_DATASTORE = ("specpack:datastore",)
 
 
 PRESETS = ("kN", "svip", "threshold", "cumulative", "ema", "ucb", "exp3", "thompson",
@@ -92,7 +97,8 @@ def allowed(engine: str) -> list[str]:
     return ["none", *BUILTINS[engine], *SPECPACK[engine]]
 
 
-def parse_methods(text: str, engine: str, draft: str | None) -> list[Method]:
+def parse_methods(text: str, engine: str, draft: str | None,
+                  datastore: str | None = None) -> list[Method]:
     """Validate ``--methods``; add ``none`` and the applicable built-ins."""
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: allowed values: {', '.join(ENGINES)}")
@@ -108,28 +114,45 @@ def parse_methods(text: str, engine: str, draft: str | None) -> list[Method]:
             raise ValueError(f"--methods: {n!r} is not available on engine {engine!r}; "
                              f"allowed values: {', '.join(ok)}")
     for n in names:
-        if n.endswith("draft_model") and not draft:
+        if split_method(n)[0] in NEEDS_DRAFT and not draft:
             raise ValueError(f"--methods: {n} needs --draft PATH")
+        if split_method(n)[0] in NEEDS_DATASTORE and not datastore:
+            raise ValueError(f"--methods: {n} needs --datastore PATH "
+                             "(build one with: specpack datastore build)")
     # always measure against the engine alone and its applicable built-ins
     must = ["none"] + [b for b in BUILTINS[engine] if draft or not b.endswith("draft_model")]
     ordered = must + [n for n in names if n not in must]
-    return [Method(n, n in BUILTINS[engine], split_method(n)[0].endswith("draft_model"))
+    return [Method(n, n in BUILTINS[engine], split_method(n)[0] in NEEDS_DRAFT)
             for n in ordered]
 
 
 def specpack_settings(method: Method, draft: str | None, k: int,
-                      custom_policy: dict | None = None) -> dict:
-    """specpack's settings (method config + optional policy) for a specpack method."""
+                      custom_policy: dict | None = None, datastore: str | None = None) -> dict:
+    """specpack's settings (method config + optional policy) for a specpack method.
+
+    ``cascade`` uses the datastore when one is given; ``rasd`` fuses the
+    draft model with that cascade.
+    """
     settings: dict = {}
+    cascade: dict = {"method": "cascade"}
+    if datastore:
+        cascade["datastore"] = {"datastore_path": datastore}
     if method.base == "specpack:draft_model":
         settings["draft_model"] = draft
+    elif method.base == "specpack:datastore":
+        settings["datastore_path"] = datastore
+    elif method.base == "specpack:cascade":
+        settings.update({k2: v for k2, v in cascade.items() if k2 != "method"})
+    elif method.base == "specpack:rasd":
+        settings.update({"draft_model": draft, "retrieval": cascade})
     if method.preset is not None:
         settings["policy"] = policy_preset(method.preset, k, custom_policy)
     return settings
 
 
 def vllm_configs(method: Method, draft: str | None, k: int,
-                 custom_policy: dict | None = None) -> tuple[dict | None, dict]:
+                 custom_policy: dict | None = None,
+                 datastore: str | None = None) -> tuple[dict | None, dict]:
     """(speculative_config, additional_config) for vLLM."""
     if method.name == "none":
         return None, {}
@@ -138,9 +161,11 @@ def vllm_configs(method: Method, draft: str | None, k: int,
                 "prompt_lookup_max": 5}, {}
     if method.name == "vllm:draft_model":
         return {"method": "draft_model", "model": draft, "num_speculative_tokens": min(k, 4)}, {}
-    classes = {"specpack:suffix": "SuffixDecoding", "specpack:draft_model": "DraftModel"}
+    classes = {"specpack:suffix": "SuffixDecoding", "specpack:draft_model": "DraftModel",
+               "specpack:datastore": "CorpusDatastore", "specpack:token_recycling":
+               "TokenRecycling", "specpack:cascade": "RetrievalCascade", "specpack:rasd": "RASD"}
     if method.base in classes:
         return ({"model": "specpack.vllm_plugins." + classes[method.base],
                  "num_speculative_tokens": k},
-                {"specpack": specpack_settings(method, draft, k, custom_policy)})
+                {"specpack": specpack_settings(method, draft, k, custom_policy, datastore)})
     raise ValueError(f"method {method.name} cannot run on vLLM")

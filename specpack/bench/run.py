@@ -55,7 +55,7 @@ def fit_to_model(cats: dict, model_path: str) -> tuple[dict, int, dict]:
 def run_vllm_offline(method: Method, args, cats: dict, max_len: int, workdir: Path,
                      tag: str = "") -> dict:
     spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens,
-                               getattr(args, "policy", None))
+                               getattr(args, "policy", None), getattr(args, "datastore", None))
     job = {"model": args.target, "speculative_config": spec, "additional_config": extra,
            "concurrency": args.concurrency, "seed": args.seed, "max_model_len": max_len,
            "categories": {c: [r.__dict__ for r in reqs] for c, reqs in cats.items()}}
@@ -77,7 +77,8 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specpack.config import DraftModelConfig, MethodConfig
+    from specpack.config import DraftModelConfig, FusionConfig, MethodConfig
+    from specpack.proposers.retrieval import FusionProposer
     from specpack.hf import generate
     from specpack.proposers.draft_model import DraftModelProposer
     from specpack.registry import FACTORIES, build_pipeline
@@ -94,9 +95,13 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
             if method.name == "none":
                 prop, nodes, depth = None, k, k
             else:
-                settings = specpack_settings(method, args.draft, k, getattr(args, "policy", None))
+                settings = specpack_settings(method, args.draft, k, getattr(args, "policy", None),
+                                             getattr(args, "datastore", None))
 
                 def build(mc: MethodConfig, n: int):
+                    if isinstance(mc, FusionConfig) and mc.draft_model == args.draft:
+                        return FusionProposer(mc, max_nodes=n, draft=DraftModelProposer(
+                            state["draft"], mc, max_nodes=n))
                     if isinstance(mc, DraftModelConfig) and mc.draft_model == args.draft:
                         return DraftModelProposer(state["draft"], mc, max_nodes=n)  # loaded once
                     return FACTORIES[mc.method](mc, n)
@@ -125,7 +130,7 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
 
 
 def bench(args) -> dict:
-    methods = parse_methods(args.methods, args.engine, args.draft)
+    methods = parse_methods(args.methods, args.engine, args.draft, getattr(args, "datastore", None))
     reqs = load_workload(args.workload)
     cats = by_category(reqs)
     out_dir = Path(args.out)
@@ -160,6 +165,7 @@ def bench(args) -> dict:
     rows = summarise(results, {m.name for m in methods if m.builtin})
     meta = {"engine": args.engine + (" (server)" if args.server else ""), "target": args.target,
             "draft": args.draft, "workload": str(args.workload), "seed": args.seed,
+            "datastore": getattr(args, "datastore", None), "policy": getattr(args, "policy", None),
             "concurrency": args.concurrency, "methods": [m.name for m in methods],
             "skipped_too_long": skipped, "max_model_len": max_len,
             "num_speculative_tokens": args.num_speculative_tokens,

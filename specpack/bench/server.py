@@ -127,7 +127,7 @@ def run_vllm_server(method: Method, args, cats: dict, max_len: int, workdir: Pat
     from transformers import AutoTokenizer
 
     spec, extra = vllm_configs(method, args.draft, args.num_speculative_tokens,
-                               getattr(args, "policy", None))
+                               getattr(args, "policy", None), getattr(args, "datastore", None))
     log = workdir / f"server-{method.name.replace(':', '_')}-c{'_'.join(map(str, args.concurrency))}.log"
     try:
         proc, url = start_server(args.target, spec, extra, max_len, max(args.concurrency),
