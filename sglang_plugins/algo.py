@@ -46,6 +46,10 @@ class SpecpackSpecAlgo(CustomSpecAlgo):
     def need_topk(self) -> bool:
         return False
 
+    def get_platform_worker_cls(self):
+        """No out-of-tree platform replaces specpack's worker."""
+        return None
+
     def create_future_map(self, device, req_to_token_pool, needs_cpu_seq_lens: bool = True,
                           needs_confidence_relay: bool = False):
         from sglang.srt.managers.overlap_utils import FutureMap
@@ -57,9 +61,11 @@ class SpecpackSpecAlgo(CustomSpecAlgo):
         """Defaults (only where the user gave none) and checks, before start-up.
 
         * ``speculative_num_draft_tokens`` (tree width incl. the root): 16;
-        * ``speculative_num_steps`` (deepest draft): width - 1;
         * ``speculative_eagle_topk`` (widest fan-out a tree may have):
-          width - 1, so KV and verify buffers are sized for any tree shape;
+          width - 1, so verify buffers fit any tree shape (and stays > 1,
+          which attention backends read as "tree, use the mask");
+        * ``speculative_num_steps``: ``width // topk`` (1), as SGLang's NGRAM
+          does, so ``steps x topk <= width`` and KV is not over-reserved;
         * ``max_running_requests``: 48 (SGLang's NGRAM default);
         * overlap scheduling off (the proposer reads committed tokens
           synchronously), mixed chunked prefill off.
@@ -76,9 +82,10 @@ class SpecpackSpecAlgo(CustomSpecAlgo):
             load_settings(self.name, width)
         except ConfigError as e:
             raise ValueError(f"specpack: invalid configuration, server not started:\n{e}") from None
+        topk = max(1, width - 1)
+        server_args.speculative_eagle_topk = topk
         if cfg.speculative_num_steps is None:
-            server_args.speculative_num_steps = width - 1
-        server_args.speculative_eagle_topk = max(1, width - 1)
+            server_args.speculative_num_steps = max(1, width // topk)
         if cfg.max_running_requests is None:
             server_args.max_running_requests = DEFAULT_MAX_RUNNING_REQUESTS
         if not cfg.disable_overlap_schedule:

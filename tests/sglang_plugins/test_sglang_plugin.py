@@ -35,7 +35,8 @@ def test_spec_class_passes_sglang_conformance_and_adds_missing_methods(sglang_pl
     from specpack.sglang_plugins.algo import SpecpackSpecAlgo
 
     _assert_custom_spec_algo_conforms(SpecpackSpecAlgo)
-    for m in ("create_future_map", "carries_draft_hidden_states", "need_topk"):
+    for m in ("create_future_map", "carries_draft_hidden_states", "need_topk",
+              "get_platform_worker_cls"):
         assert not hasattr(CustomSpecAlgo, m)       # what 0.5.23 lacks ...
         assert callable(getattr(SpecpackSpecAlgo, m))  # ... and specpack provides
     algo = SpecpackSpecAlgo("SPECPACK_SUFFIX", lambda a: None)
@@ -65,7 +66,8 @@ def test_server_args_get_specpack_defaults(sglang_plugins_loaded, monkeypatch):
     args, cfg = _resolve(["--speculative-algorithm", "specpack_suffix"], monkeypatch)
     assert cfg.speculative_algorithm == "SPECPACK_SUFFIX"
     assert cfg.speculative_num_draft_tokens == 16
-    assert cfg.speculative_num_steps == 15 and cfg.speculative_eagle_topk == 15
+    assert cfg.speculative_eagle_topk == 15 and cfg.speculative_num_steps == 1
+    assert cfg.speculative_num_steps * cfg.speculative_eagle_topk <= 16   # no KV over-reserve
     assert cfg.max_running_requests == 48
     assert cfg.disable_overlap_schedule is True and cfg.enable_mixed_chunk is False
     algo = SpeculativeAlgorithm.from_string(cfg.speculative_algorithm)
@@ -77,7 +79,7 @@ def test_server_args_keep_user_values(sglang_plugins_loaded, monkeypatch):
     args, cfg = _resolve(["--speculative-algorithm", "SPECPACK_CASCADE",
                           "--speculative-num-draft-tokens", "8", "--max-running-requests", "7"],
                          monkeypatch)
-    assert cfg.speculative_num_draft_tokens == 8 and cfg.speculative_num_steps == 7
+    assert cfg.speculative_num_draft_tokens == 8 and cfg.speculative_num_steps == 1
     assert cfg.speculative_eagle_topk == 7 and cfg.max_running_requests == 7
 
 
