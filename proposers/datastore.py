@@ -25,9 +25,9 @@ binary-search the range of suffixes starting with the last ``m`` context
 tokens; at the first ``m`` with matches, take up to ``max_matches``
 occurrences (evenly spaced over the range, so the sample is deterministic),
 read the ``continuation_length`` (10) tokens after each, and count them in a
-prefix trie; the draft tree keeps the ``max_nodes`` most frequent prefixes
-(a prefix is at least as frequent as its extensions, so parents come
-first). A node's probability is ``count(prefix) / matches``.
+prefix trie; the draft tree keeps the most frequent chain (what chain-only
+engines verify) and then the most frequent other prefixes, ``max_nodes`` in
+all. A node's probability is ``count(prefix) / matches``.
 """
 
 from __future__ import annotations
@@ -171,8 +171,14 @@ def _lookup(tokens, sa, context, max_match, min_match, max_matches, cont_len, ou
 
 
 def continuation_tree(conts: np.ndarray, max_nodes: int):
-    """Prefix trie of continuation rows -> (tokens, parents, probs) of the
-    ``max_nodes`` most frequent prefixes (ties: first seen)."""
+    """Prefix trie of continuation rows -> (tokens, parents, probs) of at most
+    ``max_nodes`` nodes, parents first.
+
+    The most frequent root-to-leaf chain (most frequent child at every level)
+    is kept first - it is what a chain-only engine verifies - then the most
+    frequent remaining prefixes fill the budget (ties: shallower, first seen);
+    a node is kept only with its parent.
+    """
     rows = conts.shape[0]
     if rows == 0 or max_nodes <= 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
@@ -195,14 +201,24 @@ def continuation_tree(conts: np.ndarray, max_nodes: int):
                 depth.append(depth[u] + 1)
             cnt[v] += 1
             u = v
-    order = sorted(range(1, len(tok)), key=lambda v: (-cnt[v], depth[v], v))[:max_nodes]
-    keep = set(order)
-    order = [v for v in order if par[v] == 0 or par[v] in keep]
-    order.sort(key=lambda v: (depth[v], -cnt[v], v))   # parents before children
-    index = {v: i for i, v in enumerate(order)}
-    tokens = np.array([tok[v] for v in order], np.int32)
-    parents = np.array([index[par[v]] if par[v] != 0 else -1 for v in order], np.int32)
-    probs = np.array([cnt[v] / rows for v in order], np.float32)
+    keep: list[int] = []
+    kept: set[int] = set()
+    u = 0
+    while children[u] and len(keep) < max_nodes:      # the most frequent chain
+        u = max(children[u].values(), key=lambda v: (cnt[v], -v))
+        keep.append(u)
+        kept.add(u)
+    for v in sorted(range(1, len(tok)), key=lambda v: (-cnt[v], depth[v], v)):
+        if len(keep) >= max_nodes:
+            break
+        if v not in kept and (par[v] == 0 or par[v] in kept):
+            keep.append(v)
+            kept.add(v)
+    keep.sort(key=lambda v: (depth[v], -cnt[v], v))   # parents before children
+    index = {v: i for i, v in enumerate(keep)}
+    tokens = np.array([tok[v] for v in keep], np.int32)
+    parents = np.array([index[par[v]] if par[v] != 0 else -1 for v in keep], np.int32)
+    probs = np.array([cnt[v] / rows for v in keep], np.float32)
     return tokens, parents, probs
 
 

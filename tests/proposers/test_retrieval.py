@@ -83,8 +83,14 @@ def test_continuation_tree_keeps_most_frequent_prefixes():
     conts = np.array([[1, 2, 3], [1, 2, 4], [1, 5, -1], [6, -1, -1]], np.int32)
     toks, pars, probs = continuation_tree(conts, 3)
     d = Draft(toks, pars, probs)
-    assert path_set(d) == {(1,), (1, 2), (6,)} or path_set(d) == {(1,), (1, 2), (1, 5)}
+    assert path_set(d) == {(1,), (1, 2), (1, 2, 3)}           # the most frequent chain first
     assert probs[0] == pytest.approx(0.75)
+    toks, pars, probs = continuation_tree(conts, 4)
+    assert path_set(Draft(toks, pars, probs)) == {(1,), (1, 2), (1, 2, 3), (6,)}  # ties: shallower
+    # many first tokens, one deep frequent chain: the chain survives a small budget
+    wide = np.array([[9, 8, 7, 6]] * 5 + [[t, -1, -1, -1] for t in range(20, 40)], np.int32)
+    toks, pars, probs = continuation_tree(wide, 4)
+    assert Draft(toks, pars, probs).best_path_tokens().tolist() == [9, 8, 7, 6]
     toks, pars, probs = continuation_tree(conts, 100)
     assert len(toks) == 6 and (pars < np.arange(6)).all()
 
