@@ -149,7 +149,11 @@ class CascadeProposer:
             merged = merge_trees([d for _, d, _ in found], n)
             self.chosen["merged" if len(merged) else "none"] += 1
             return merged.truncated(n, view.budget.max_depth)
-        best = max(found, key=lambda f: f[2])
+        # no source reached min_score: the best-scoring count-based source
+        # (empirical probabilities); Token Recycling's node values are a rank
+        # prior, not probabilities, so it only answers when the others are empty
+        counted = [f for f in found if f[0] != "token_recycling" and len(f[1])]
+        best = max(counted, key=lambda f: f[2]) if counted else max(found, key=lambda f: len(f[1]))
         if len(best[1]) == 0:
             self.chosen["none"] += 1
             return Draft.empty()
