@@ -84,7 +84,9 @@ class DraftBatcher:
         try:
             out = self.proposer.propose(views)
         except Exception:
-            self._log_error("propose (batch); retrying request by request")
+            # retry request by request; only requests that fail again count
+            logger.debug("specpack: batched propose failed; retrying request by request",
+                         exc_info=True)
             out = []
             for v in views:
                 try:

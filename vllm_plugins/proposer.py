@@ -165,8 +165,10 @@ class SpecpackProposer:
             try:
                 out = self.proposer.propose(views)
             except Exception:
-                # one bad request must not cost the others their drafts
-                self._log_error("propose (batch); retrying row by row")
+                # one bad request must not cost the others their drafts: retry
+                # row by row; only the rows that fail again count as errors
+                logger.debug("specpack: batched propose failed; retrying row by row",
+                             exc_info=True)
                 out = []
                 for v in views:
                     try:
