@@ -221,17 +221,8 @@ class FusionProposer:
             ok_first[firsts[good]] = True
             self.pruned += int((~good).sum())
             self.kept += int(good.sum())
-            keep = np.zeros(len(rd), bool)
-            for i in range(len(rd)):           # parents precede children
-                p = rd.parents[i]
-                keep[i] = ok_first[i] if p < 0 else keep[p]
-            if not keep.all():
-                idx = np.flatnonzero(keep)
-                remap = -np.ones(len(rd), np.int64)
-                remap[idx] = np.arange(idx.size)
-                par = np.where(rd.parents[idx] >= 0, remap[np.maximum(rd.parents[idx], 0)], -1)
-                rd = Draft(rd.tokens[idx], par.astype(np.int32),
-                           None if rd.probs is None else rd.probs[idx])
+            # a pruned first token drops its whole branch
+            rd = rd.subset(ok_first | ~first)
         # model tree first: it wins ties
         md = Draft(model_tree.tokens, model_tree.parents, model_tree.probs)  # drop dists
         return merge_trees([md, rd], max_nodes)

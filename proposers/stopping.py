@@ -114,8 +114,6 @@ def truncate_by_rule(draft, rule: StopRule):
     ``q`` - the rule accepts the parent's empirical child distribution
     (children's conditional probabilities), the only ``q`` such drafters have.
     """
-    from specpack.draft import Draft
-
     n = len(draft)
     if n == 0:
         return draft
@@ -144,14 +142,4 @@ def truncate_by_rule(draft, rule: StopRule):
         if rule.stop_before(int(depths[i]), q, parent_prob):
             continue
         keep[i] = rule.admits(float(probs[i]))
-    if keep.all():
-        return draft
-    idx = np.flatnonzero(keep)
-    remap = -np.ones(n, np.int64)
-    remap[idx] = np.arange(idx.size)
-    new_parents = np.where(parents[idx] >= 0, remap[parents[idx]], -1).astype(np.int32)
-    dists = None
-    if draft.dists is not None:
-        dists = draft.dists[np.concatenate([[0], idx + 1])]
-    return Draft(draft.tokens[idx], new_parents,
-                 None if draft.probs is None else draft.probs[idx], dists)
+    return draft.subset(keep)

@@ -34,7 +34,7 @@ from sglang.srt.speculative.base_spec_worker import BaseSpecWorker
 from sglang.srt.speculative.ngram_worker import NGRAMWorker
 
 from specpack.draft import Draft
-from specpack.protocols import Budget, Feedback, RequestView
+from specpack.protocols import Budget, Feedback, RequestView, propose_isolated
 from specpack.registry import build_pipeline
 from specpack.sglang_plugins.names import ALGORITHMS
 from specpack.sglang_plugins.settings import load_settings
@@ -81,19 +81,9 @@ class DraftBatcher:
                              np.int32)
             views.append(RequestView(req.rid, ctx, Budget(w - 1, w - 1),
                                      num_prompt_tokens=len(req.origin_input_ids_unpadded)))
-        try:
-            out = self.proposer.propose(views)
-        except Exception:
-            # retry request by request; only requests that fail again count
-            logger.debug("specpack: batched propose failed; retrying request by request",
-                         exc_info=True)
-            out = []
-            for v in views:
-                try:
-                    out.append(self.proposer.propose([v])[0])
-                except Exception:
-                    self._log_error(f"propose (request {v.key!r})")
-                    out.append(Draft.empty())
+        out = propose_isolated(self.proposer, views,
+                               lambda v: self._log_error(f"propose (request {v.key!r})"))
+        out = [Draft.empty() if d is None else d for d in out]
         tokens = np.empty(len(reqs) * w, np.int64)
         mask = np.empty(len(reqs) * w * w, bool)
         self._last = []

@@ -201,10 +201,17 @@ class Draft:
 
         Dropping a node drops its subtree, so the result is a valid tree.
         """
-        n = len(self)
-        keep = np.arange(n) < max_nodes
+        keep = np.arange(len(self)) < max_nodes
         if max_depth is not None:
             keep &= self.depths <= max_depth
+        return self.subset(keep)
+
+    def subset(self, keep: np.ndarray) -> "Draft":
+        """The nodes where ``keep`` is true, minus those with a dropped
+        ancestor (a dropped node drops its subtree); order, probabilities and
+        distribution rows follow."""
+        keep = np.array(keep, dtype=bool)
+        n = len(self)
         for i, p in enumerate(self.parents.tolist()):
             if p >= 0 and not keep[p]:
                 keep[i] = False

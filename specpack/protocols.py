@@ -7,7 +7,8 @@ sees only stable request keys and token contexts, never engine types.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Protocol, Sequence, runtime_checkable
+import logging
+from typing import Callable, Hashable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -84,6 +85,28 @@ class Policy(Protocol):
     def observe(self, feedback: Sequence[Feedback]) -> None: ...
 
     def release(self, key: Hashable, finished: bool = True) -> None: ...
+
+
+def propose_isolated(proposer, views: Sequence[RequestView],
+                     on_error: Callable[[RequestView], None]) -> list[Draft | None]:
+    """``proposer.propose(views)``, so that one bad request cannot cost the
+    others their drafts: when the batched call raises, each view is retried
+    alone; a view that fails again gets ``None`` and ``on_error(view)`` is
+    called while its exception is being handled (engine adapters log it and
+    release the request's state)."""
+    try:
+        return list(proposer.propose(views))
+    except Exception:
+        logging.getLogger(__name__).debug("batched propose failed; retrying per request",
+                                          exc_info=True)
+    out: list[Draft | None] = []
+    for v in views:
+        try:
+            out.append(proposer.propose([v])[0])
+        except Exception:
+            on_error(v)
+            out.append(None)
+    return out
 
 
 def as_context(tokens) -> np.ndarray:

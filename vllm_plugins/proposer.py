@@ -20,7 +20,7 @@ import time
 from typing import Any, ClassVar, Hashable
 
 from specpack.config import ConfigError
-from specpack.protocols import Budget, Feedback, RequestView
+from specpack.protocols import Budget, Feedback, RequestView, propose_isolated
 from specpack.registry import build_pipeline
 from specpack.vllm_plugins.names import PROPOSER_METHODS
 from specpack.vllm_plugins.rows import ContentRowResolver, RunnerRowResolver, find_runner
@@ -162,24 +162,14 @@ class SpecpackProposer:
                                      num_prompt_tokens=rows.prompt_lens[i]))
             view_rows.append(i)
         if views:
-            try:
-                out = self.proposer.propose(views)
-            except Exception:
-                # one bad request must not cost the others their drafts: retry
-                # row by row; only the rows that fail again count as errors
-                logger.debug("specpack: batched propose failed; retrying row by row",
-                             exc_info=True)
-                out = []
-                for v in views:
-                    try:
-                        out.append(self.proposer.propose([v])[0])
-                    except Exception:
-                        self._log_error(f"propose (request {v.key!r})")
-                        try:
-                            self.proposer.release(v.key, finished=False)
-                        except Exception:
-                            pass
-                        out.append(None)
+            def failed(v: RequestView) -> None:
+                self._log_error(f"propose (request {v.key!r})")
+                try:
+                    self.proposer.release(v.key, finished=False)
+                except Exception:
+                    pass
+
+            out = propose_isolated(self.proposer, views, failed)
             for i, v, d in zip(view_rows, views, out):
                 try:
                     tokens = [] if d is None else d.best_path_tokens()[:v.budget.max_nodes].tolist()
