@@ -40,6 +40,8 @@ from typing import Iterable
 import numpy as np
 from numba import njit
 
+from specpack.proposers.tree_merge import TokenTrie
+
 FORMAT_VERSION = 1
 SEPARATOR = -1
 
@@ -182,25 +184,19 @@ def continuation_tree(conts: np.ndarray, max_nodes: int):
     rows = conts.shape[0]
     if rows == 0 or max_nodes <= 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
-    children: list[dict[int, int]] = [{}]       # node 0 = root
-    tok, par, cnt, depth = [-1], [-1], [rows], [0]
+    trie = TokenTrie()
+    cnt = [rows]
     for r in range(rows):
         u = 0
         for t in conts[r]:
             t = int(t)
             if t < 0:
                 break
-            v = children[u].get(t)
-            if v is None:
-                v = len(tok)
-                children[u][t] = v
-                children.append({})
-                tok.append(t)
-                par.append(u)
+            u, added = trie.child(u, t)
+            if added:
                 cnt.append(0)
-                depth.append(depth[u] + 1)
-            cnt[v] += 1
-            u = v
+            cnt[u] += 1
+    children, par, depth = trie.children, trie.par, trie.depth
     keep: list[int] = []
     kept: set[int] = set()
     u = 0
@@ -208,19 +204,15 @@ def continuation_tree(conts: np.ndarray, max_nodes: int):
         u = max(children[u].values(), key=lambda v: (cnt[v], -v))
         keep.append(u)
         kept.add(u)
-    for v in sorted(range(1, len(tok)), key=lambda v: (-cnt[v], depth[v], v)):
+    for v in sorted(range(1, len(trie)), key=lambda v: (-cnt[v], depth[v], v)):
         if len(keep) >= max_nodes:
             break
         if v not in kept and (par[v] == 0 or par[v] in kept):
             keep.append(v)
             kept.add(v)
     keep.sort(key=lambda v: (depth[v], -cnt[v], v))   # parents before children
-    index = {v: i for i, v in enumerate(keep)}
-    tokens = np.array([tok[v] for v in keep], np.int32)
-    parents = np.array([index[par[v]] if par[v] != 0 else -1 for v in keep], np.int32)
-    probs = np.array([cnt[v] / rows for v in keep], np.float32)
-    return tokens, parents, probs
-
+    d = trie.draft(keep, [c / rows for c in cnt])
+    return d.tokens, d.parents, d.probs
 
 class Datastore:
     """A built datastore, memory-mapped."""
