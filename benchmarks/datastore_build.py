@@ -30,7 +30,7 @@ def main(argv=None) -> None:
 
     from transformers import AutoTokenizer
 
-    from specpack.proposers.datastore import (Datastore, build_datastore, iter_texts,
+    from specpack.proposers.retrieval.corpus_index import (Datastore, build_datastore, iter_texts,
                                               tokenize_corpus)
 
     if a.tokenizer is None:

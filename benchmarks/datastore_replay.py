@@ -32,12 +32,13 @@ def main(argv=None) -> None:
     from specpack.bench.workload import BUILTIN_DIR, by_category, load_workload
     from specpack.config import DatastoreConfig
     from specpack.protocols import Budget, RequestView
-    from specpack.proposers.retrieval import DatastoreProposer
+    from specpack.proposers.retrieval.datastore import DatastoreProposer
 
     tok = AutoTokenizer.from_pretrained(a.tokenizer)
     cats = by_category(load_workload(a.workload or str(BUILTIN_DIR / "default.jsonl")))
     prop = DatastoreProposer(DatastoreConfig(datastore_path=a.datastore), max_nodes=a.budget)
-    doc = json.load(open(a.bench_json))
+    with open(a.bench_json) as f:
+        doc = json.load(f)
     seen = set()
     for ph in doc["raw"]["none"]["phases"]:
         cat = ph["category"]

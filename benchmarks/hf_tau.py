@@ -28,7 +28,8 @@ def stdlib_prompts(n: int, lines: int) -> list[str]:
     files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
     out = []
     for f in files[::7]:
-        text = open(f, encoding="utf-8", errors="replace").read().splitlines()
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            text = fh.read().splitlines()
         for i, line in enumerate(text):
             if re.match(r"^\s*def \w+\(", line):
                 out.append("\n".join(text[i:i + lines]) + "\n")
@@ -53,8 +54,8 @@ def main() -> None:
 
     from specpack.config import DraftModelConfig, SuffixConfig
     from specpack.hf import generate
-    from specpack.proposers.draft_model import DraftModelProposer
-    from specpack.proposers.suffix import SuffixProposer
+    from specpack.proposers.model.draft_model import DraftModelProposer
+    from specpack.proposers.retrieval.suffix import SuffixProposer
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(a.target)

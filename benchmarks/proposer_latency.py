@@ -68,7 +68,7 @@ def bench(stream: np.ndarray, L: int, steps: int, k: int, seed: int):
     from vllm.v1.spec_decode.ngram_proposer import NgramProposer
 
     from specpack.protocols import Budget, RequestView
-    from specpack.proposers.suffix import SuffixProposer
+    from specpack.proposers.retrieval.suffix import SuffixProposer
 
     rng = np.random.default_rng(seed)
     lengths = [L]

@@ -48,9 +48,9 @@ def launch(model: str, extra: list[str], env: dict, log_path: str, timeout_s: fl
     port = free_port()
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", model,
            "--host", "127.0.0.1", "--port", str(port), "--random-seed", "0", *extra]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    with open(log_path, "w") as log:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     t0 = time.time()
     while time.time() - t0 < timeout_s:

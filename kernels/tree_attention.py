@@ -27,6 +27,27 @@ custom mask, when ``flashinfer`` imports and tensors are on CUDA) and
 ``torch`` (SDPA with a dense mask; the reference every backend is tested
 against). ``backend="auto"`` (or ``SPECPACK_TREE_ATTENTION_BACKEND``) picks
 flashinfer > triton > torch by availability.
+
+Plan once per step, run once per layer: every layer of a forward shares the
+step's metadata, so :class:`TreeAttentionPlan` does the per-step work once
+(backend choice, metadata on the device; for FlashInfer the wrapper's
+``plan()``, i.e. page indices and the custom mask) and its ``run(q, k, v)``
+is called per layer. :func:`tree_attention` is the one-shot form
+(plan + one run). FlashInfer's inputs (:func:`flashinfer_plan_inputs`), for
+request ``b`` with ``kv_b = P_b + T_b`` tokens on ``n_b = ceil(kv_b / page)``
+pages:
+
+    qo_indptr       = cu_tree
+    paged_kv_indptr = [0, cumsum(n_b)],  paged_kv_indices = block_table[b, :n_b] concatenated
+    last_page_len_b = kv_b - (n_b - 1) * page              (in 1..page)
+    custom_mask     = concat_b flatten_row_major(M_b),  M_b [T_b, kv_b] bool,
+                      M_b[i, c] = c < P_b  or  bit (c - P_b) of tree row i
+
+FlashInfer packs ``custom_mask`` itself (``segment_packbits``, little-endian
+bit order, each request's segment padded to a whole byte) and derives the
+segment offsets ``cumsum(T_b * kv_b)`` from the paged metadata; passing a
+pre-packed mask instead would need byte offsets that ``plan()`` does not
+compute from them.
 """
 
 from __future__ import annotations
@@ -96,22 +117,88 @@ def select_backend(device: torch.device, backend: str = "auto") -> str:
 
 def tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits, *,
                    scale: float | None = None, backend: str = "auto") -> torch.Tensor:
-    """Attention of every tree token over its prefix and tree ancestors; ``[N, Hq, D]``."""
+    """Attention of every tree token over its prefix and tree ancestors; ``[N, Hq, D]``.
+
+    One-shot form of :class:`TreeAttentionPlan` (plans, runs once): for a
+    multi-layer forward plan once and call ``run`` per layer instead."""
     if q.dim() != 3 or k_cache.dim() != 4:
         raise ValueError("q must be [N, Hq, D] and k_cache [pages, page_size, Hkv, D]")
-    Hq, Hkv = q.shape[1], k_cache.shape[2]
-    if Hq % Hkv:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of KV heads ({Hkv})")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    which = select_backend(q.device, backend)
-    if which == "triton":
-        return _triton_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree,
-                                      tree_bits, scale)
-    if which == "flashinfer":
-        return _flashinfer_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree,
-                                          tree_bits, scale)
-    return reference_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree,
-                                    tree_bits, scale)
+    plan = TreeAttentionPlan(block_table, prefix_lens, cu_tree, tree_bits,
+                             num_qo_heads=q.shape[1], num_kv_heads=k_cache.shape[2],
+                             head_dim=q.shape[2], page_size=k_cache.shape[1], dtype=q.dtype,
+                             kv_dtype=k_cache.dtype, device=q.device, scale=scale,
+                             backend=backend)
+    return plan.run(q, k_cache, v_cache)
+
+
+class TreeAttentionPlan:
+    """One step's tree attention, planned once and run for every layer.
+
+    Built from the step's metadata (``block_table``, ``prefix_lens``,
+    ``cu_tree``, ``tree_bits``, see the module docstring) and the shapes every
+    layer shares; ``run(q, k_cache, v_cache)`` then computes one layer. For
+    ``flashinfer`` the plan owns a ``BatchPrefillWithPagedKVCacheWrapper``
+    whose ``plan()`` ran here, once (its float workspace is shared per device:
+    runs on one stream are sequential); ``torch``/``triton`` keep the metadata
+    on the device, converted once.
+    """
+
+    def __init__(self, block_table, prefix_lens, cu_tree, tree_bits, *, num_qo_heads: int,
+                 num_kv_heads: int, head_dim: int, page_size: int, dtype: torch.dtype,
+                 device, scale: float | None = None, backend: str = "auto",
+                 kv_dtype: torch.dtype | None = None):
+        if num_qo_heads % num_kv_heads:
+            raise ValueError(f"query heads ({num_qo_heads}) must be a multiple of KV heads "
+                             f"({num_kv_heads})")
+        device = torch.device(device)
+        self.backend = select_backend(device, backend)
+        self.num_qo_heads, self.num_kv_heads = num_qo_heads, num_kv_heads
+        self.head_dim, self.page_size = head_dim, page_size
+        self.dtype, self.kv_dtype = dtype, dtype if kv_dtype is None else kv_dtype
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+        self.block_table = block_table.to(device, torch.int32).contiguous()
+        self.prefix_lens = prefix_lens.to(device, torch.int32).contiguous()
+        self.cu_tree = cu_tree.to(device, torch.int32).contiguous()
+        self.tree_bits = tree_bits.to(device, torch.int32).contiguous()
+        sizes = cu_tree[1:] - cu_tree[:-1]
+        self.max_tree = int(sizes.max()) if sizes.numel() else 0
+        self._wrapper = None
+        if self.backend == "flashinfer":
+            self._wrapper = self._plan_flashinfer(device)
+
+    def _plan_flashinfer(self, device: torch.device):
+        import flashinfer
+
+        inp = flashinfer_plan_inputs(self.block_table, self.prefix_lens, self.cu_tree,
+                                     self.tree_bits, self.page_size)
+        wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_flashinfer_workspace(device),
+                                                                 kv_layout="NHD")
+        wrapper.plan(inp["qo_indptr"], inp["paged_kv_indptr"], inp["paged_kv_indices"],
+                     inp["paged_kv_last_page_len"], self.num_qo_heads, self.num_kv_heads,
+                     self.head_dim, self.page_size, custom_mask=inp["custom_mask"],
+                     causal=False, sm_scale=self.scale, q_data_type=self.dtype,
+                     kv_data_type=self.kv_dtype)
+        return wrapper
+
+    def run(self, q, k_cache, v_cache) -> torch.Tensor:
+        """One layer: ``q`` ``[N, Hq, D]``, caches ``[pages, page_size, Hkv, D]`` -> ``[N, Hq, D]``."""
+        want_q = (self.num_qo_heads, self.head_dim)
+        want_kv = (self.page_size, self.num_kv_heads, self.head_dim)
+        if (q.dim() != 3 or tuple(q.shape[1:]) != want_q or k_cache.dim() != 4
+                or tuple(k_cache.shape[1:]) != want_kv or v_cache.shape != k_cache.shape):
+            raise ValueError(f"planned for q [N, {want_q[0]}, {want_q[1]}] and caches "
+                             f"[pages, {', '.join(map(str, want_kv))}]; got q {tuple(q.shape)}, "
+                             f"k {tuple(k_cache.shape)}, v {tuple(v_cache.shape)}")
+        if self.backend == "flashinfer":
+            if q.dtype != self.dtype or k_cache.dtype != self.kv_dtype:
+                raise ValueError(f"planned for q {self.dtype} / kv {self.kv_dtype}; got q "
+                                 f"{q.dtype} / kv {k_cache.dtype}")
+            return self._wrapper.run(q, (k_cache, v_cache))
+        args = (q, k_cache, v_cache, self.block_table, self.prefix_lens, self.cu_tree,
+                self.tree_bits, self.scale)
+        if self.backend == "triton":
+            return _triton_tree_attention(*args, max_tree=self.max_tree)
+        return reference_tree_attention(*args)
 
 
 # --------------------------------------------------------------------- reference
@@ -249,7 +336,8 @@ def _build_kernel():
 
 
 def _triton_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
-                           scale: float, block_m: int = 16, block_n: int = 64) -> torch.Tensor:
+                           scale: float, block_m: int = 16, block_n: int = 64,
+                           max_tree: int | None = None) -> torch.Tensor:
     import triton
 
     global _KERNEL
@@ -266,8 +354,9 @@ def _triton_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tre
     table = block_table.to(dev, torch.int32).contiguous()
     bits = tree_bits.to(dev, torch.int32).contiguous()
     B = prefix.shape[0]
-    max_t = int((cu_tree[1:] - cu_tree[:-1]).max()) if B else 0
-    grid = (B, triton.cdiv(max(max_t, 1), block_m), q.shape[1])
+    if max_tree is None:
+        max_tree = int((cu_tree[1:] - cu_tree[:-1]).max()) if B else 0
+    grid = (B, triton.cdiv(max(max_tree, 1), block_m), q.shape[1])
     _KERNEL[grid](q, k_cache, v_cache, out, table, prefix, cu, bits,
                   q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                   v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
@@ -281,33 +370,52 @@ def _triton_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tre
 _FI_WORKSPACE: dict = {}
 
 
-def _flashinfer_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
-                               scale: float) -> torch.Tensor:
-    """FlashInfer paged prefill with a custom (dense, flattened) mask per request."""
-    import flashinfer
-
-    dev = q.device
-    page_size = k_cache.shape[1]
-    B = prefix_lens.shape[0]
-    T = (cu_tree[1:] - cu_tree[:-1]).tolist()
-    P = prefix_lens.tolist()
-    kv_len = [p + t for p, t in zip(P, T)]
-    pages = [(n + page_size - 1) // page_size for n in kv_len]
-    indices = torch.cat([block_table[b, :pages[b]].to(torch.int32) for b in range(B)]).to(dev)
-    indptr = torch.tensor([0] + list(torch.tensor(pages).cumsum(0).tolist()), dtype=torch.int32, device=dev)
-    last = torch.tensor([n - (pg - 1) * page_size for n, pg in zip(kv_len, pages)],
-                        dtype=torch.int32, device=dev)
-    masks = []
-    cu = cu_tree.tolist()
-    for b in range(B):
-        m = torch.ones((T[b], kv_len[b]), dtype=torch.bool, device=dev)
-        m[:, P[b]:] = unpack_bits(tree_bits[cu[b]:cu[b + 1]].to(dev), T[b])
-        masks.append(m.flatten())
-    ws = _FI_WORKSPACE.get(dev)
+def _flashinfer_workspace(device: torch.device) -> torch.Tensor:
+    """128 MiB float workspace per device, shared by every plan (scratch of ``run``)."""
+    ws = _FI_WORKSPACE.get(device)
     if ws is None:
-        ws = _FI_WORKSPACE[dev] = torch.empty(128 * 1024 * 1024, dtype=torch.uint8, device=dev)
-    wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(ws, kv_layout="NHD")
-    wrapper.plan(cu_tree.to(dev, torch.int32), indptr, indices, last, q.shape[1], k_cache.shape[2],
-                 q.shape[2], page_size, custom_mask=torch.cat(masks), causal=False,
-                 sm_scale=scale, q_data_type=q.dtype, kv_data_type=k_cache.dtype)
-    return wrapper.run(q, (k_cache, v_cache))
+        ws = _FI_WORKSPACE[device] = torch.empty(128 * 1024 * 1024, dtype=torch.uint8,
+                                                 device=device)
+    return ws
+
+
+def flashinfer_plan_inputs(block_table, prefix_lens, cu_tree, tree_bits, page_size: int) -> dict:
+    """Arguments of FlashInfer's paged-prefill ``plan()`` (module docstring), vectorised.
+
+    Returns int32 ``qo_indptr``, ``paged_kv_indptr``, ``paged_kv_indices``,
+    ``paged_kv_last_page_len``, the flat bool ``custom_mask`` and its segment
+    offsets ``mask_indptr`` (``cumsum(T_b * kv_b)``; FlashInfer derives the same
+    from the paged metadata), all on ``block_table``'s device."""
+    dev = block_table.device
+    P = prefix_lens.to(dev, torch.long)
+    cu = cu_tree.to(dev, torch.long)
+    T = cu[1:] - cu[:-1]
+    kv = P + T
+    pages = (kv + page_size - 1) // page_size
+    B = P.shape[0]
+    if B and int(pages.max()) > block_table.shape[1]:
+        raise ValueError(f"block_table has {block_table.shape[1]} pages per request, "
+                         f"a request needs {int(pages.max())}")
+    keep = torch.arange(block_table.shape[1], device=dev)[None, :] < pages[:, None]
+    indices = block_table.to(torch.int32)[keep]         # row-major: request by request
+
+    def indptr(x):
+        return torch.cat([x.new_zeros(1), x.cumsum(0)]).to(torch.int32)
+
+    N = int(cu[-1]) if B else 0
+    if N:
+        req = torch.repeat_interleave(torch.arange(B, device=dev), T)        # [N]
+        col = torch.arange(int(kv.max()), device=dev)[None, :]               # [1, K]
+        j = col - P[req][:, None]                                            # tree column
+        Tm = int(T.max())
+        bits = unpack_bits(tree_bits.to(dev), Tm).gather(1, j.clamp(0, Tm - 1))
+        vis = (j < 0) | bits                                                 # [N, K]
+        custom_mask = vis[col < kv[req][:, None]]     # row i of request b: its kv_b columns
+    else:
+        custom_mask = torch.zeros(0, dtype=torch.bool, device=dev)
+    return {"qo_indptr": cu.to(torch.int32),
+            "paged_kv_indptr": indptr(pages),
+            "paged_kv_indices": indices,
+            "paged_kv_last_page_len": (kv - (pages - 1) * page_size).to(torch.int32),
+            "custom_mask": custom_mask,
+            "mask_indptr": indptr(T * kv)}

@@ -114,15 +114,3 @@ def sample_verify(draft: Draft, target_probs: torch.Tensor,
             return VerifyResult(path, [toks[c] for c in path] + [nxt])
         path.append(accepted)
         row = accepted + 1
-
-
-def accept_all_verify(draft: Draft, target_probs: torch.Tensor,
-                      generator: torch.Generator | None = None) -> VerifyResult:
-    """A deliberately *broken* verifier (accepts the best path unconditionally).
-
-    Exists only so tests can show that the distribution test rejects it.
-    """
-    path = draft.best_path().tolist()
-    row = path[-1] + 1 if path else 0
-    nxt = _sample(target_probs[row].float(), generator)
-    return VerifyResult(path, [int(draft.tokens[c]) for c in path] + [nxt])

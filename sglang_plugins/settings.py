@@ -7,10 +7,9 @@ SGLang has no free-form config flag, so method settings (and an optional
 
 from __future__ import annotations
 
-import json
 import os
 
-from specpack.config import ConfigError
+from specpack.config import ConfigError, json_object
 from specpack.registry import validate_pipeline
 from specpack.sglang_plugins.names import ALGORITHMS, CONFIG_ENV
 
@@ -29,13 +28,10 @@ def load_settings(algorithm: str, num_draft_tokens: int | None = None,
         where = f"{CONFIG_ENV}={path}"
         try:
             with open(path) as f:
-                raw = json.load(f)
+                text = f.read()
         except FileNotFoundError:
             raise ConfigError(f"{where}: file not found") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: not valid JSON: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        raw = json_object(text, where)
     max_nodes = None if num_draft_tokens is None else num_draft_tokens - 1
     if max_nodes is not None and max_nodes < 1:
         raise ConfigError(f"--speculative-num-draft-tokens = {num_draft_tokens}: a specpack "

@@ -1,8 +1,8 @@
 """specpack: speculative-decoding proposers and policies for vLLM and SGLang.
 
 Core (this package) is engine-agnostic: the :class:`~specpack.draft.Draft`
-tree type, the proposer/policy protocols, validated configs and the method
-registry. Engine adapters live in ``specpack.vllm_plugins`` and
+tree type, the proposer base class, validated configs, the method table
+and the step driver every engine host shares. Engine adapters live in ``specpack.vllm_plugins`` and
 ``specpack.sglang_plugins``.
 
 Imports here are lazy: engine plugin entry points import ``specpack`` in
@@ -20,9 +20,10 @@ _EXPORTS = {
     "ConfigError": "specpack.config",
     "Draft": "specpack.draft",
     "Feedback": "specpack.protocols",
-    "Policy": "specpack.protocols",
+    "METHODS": "specpack.methods",
     "Proposer": "specpack.protocols",
     "RequestView": "specpack.protocols",
+    "StepDriver": "specpack.step_driver",
     "parse_method_config": "specpack.config",
 }
 

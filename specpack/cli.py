@@ -60,13 +60,16 @@ def cmd_check_config(a: argparse.Namespace) -> None:
 
 
 def cmd_methods(a: argparse.Namespace) -> None:
-    from specpack.config import METHOD_CONFIGS
-    from specpack.vllm_plugins.proposer import PROPOSER_CLASSES
+    from specpack.methods import METHODS
 
-    for cls_name, cls in PROPOSER_CLASSES.items():
-        model = METHOD_CONFIGS[cls.method]
-        print(f"{cls.method}: vLLM model 'specpack.vllm_plugins.{cls_name}'")
-        for name, f in model.model_fields.items():
+    for spec in METHODS.values():
+        engines = ["specpack generate (reference runtime)"]
+        if spec.vllm_class:
+            engines.append(f"vLLM model 'specpack.vllm_plugins.{spec.vllm_class}'")
+        if spec.sglang_algorithm:
+            engines.append(f"SGLang --speculative-algorithm {spec.sglang_algorithm}")
+        print(f"{spec.name} ({spec.family}): {spec.summary}\n  engines: " + "; ".join(engines))
+        for name, f in spec.config.model_fields.items():
             if name == "method":
                 continue
             print(f"  {name} = {f.default!r}: {f.description or ''}")
@@ -82,25 +85,29 @@ def cmd_generate(a: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specpack.config import ConfigError
+    from specpack.config import ConfigError, json_object
     from specpack.hf import generate
-    from specpack.registry import build_pipeline
+    from specpack.methods import METHODS
+    from specpack.registry import build_pipeline, validate_pipeline
 
-    try:
-        settings = json.loads(a.config) if a.config else {}
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"invalid: --config is not valid JSON: {e}") from None
-    if a.method == "draft_model":
-        if not a.draft and "draft_model" not in settings:
-            raise SystemExit("invalid: --method draft_model needs --draft PATH")
-        settings.setdefault("draft_model", a.draft)
     proposer = None
-    if a.method != "none":
-        try:
+    try:
+        settings = json_object(a.config, "--config")
+        if a.method != "none":
+            spec = METHODS[a.method]
+            for needed, flag, field in ((spec.needs_draft_model, a.draft, "draft_model"),
+                                        (spec.needs_datastore, a.datastore, "datastore_path")):
+                if needed and flag:
+                    settings.setdefault(field, flag)
+                elif needed and field not in settings:
+                    raise ConfigError(f"--method {a.method} needs --"
+                                      f"{'draft' if field == 'draft_model' else 'datastore'} "
+                                      f"PATH (or '{field}' in --config)")
+            validate_pipeline(settings, method=a.method, max_nodes=a.max_nodes, where="--config")
             proposer = build_pipeline(settings, method=a.method, max_nodes=a.max_nodes,
                                       where="--config")
-        except ConfigError as e:
-            raise SystemExit(f"invalid: {e}") from None
+    except ConfigError as e:
+        raise SystemExit(f"invalid: {e}") from None
     tok = AutoTokenizer.from_pretrained(a.target)
     target = AutoModelForCausalLM.from_pretrained(a.target, dtype=torch.float32)
     prompts = [tok(p, add_special_tokens=False).input_ids for p in a.prompt]
@@ -131,10 +138,12 @@ def cmd_bench(a: argparse.Namespace) -> None:
             raise SystemExit("invalid: no --target given and the embedded default model is missing")
         a.target, a.draft = default_target(), a.draft or default_draft()
     a.workload = a.workload or str(BUILTIN_DIR / "default.jsonl")
+    from specpack.config import ConfigError, json_object
+
     try:
-        a.policy = json.loads(a.policy) if a.policy else None
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"invalid: --policy is not valid JSON: {e}") from None
+        a.policy = json_object(a.policy, "--policy") if a.policy else None
+    except ConfigError as e:
+        raise SystemExit(f"invalid: {e}") from None
     try:
         bench(a)
     except (ValueError, WorkloadError) as e:
@@ -147,7 +156,7 @@ def cmd_datastore(a: argparse.Namespace) -> None:
 
     from transformers import AutoTokenizer
 
-    from specpack.proposers.datastore import (build_datastore, corpus_files, iter_texts,
+    from specpack.proposers.retrieval.corpus_index import (build_datastore, corpus_files, iter_texts,
                                               tokenize_corpus)
 
     if a.sort_depth < 1 or a.sort_depth > 64:
@@ -165,7 +174,7 @@ def cmd_datastore(a: argparse.Namespace) -> None:
                                sort_depth=a.sort_depth, tokenizer=a.tokenizer)
     except ValueError as e:
         raise SystemExit(f"invalid: {e}") from None
-    from specpack.proposers.datastore import Datastore
+    from specpack.proposers.retrieval.corpus_index import Datastore
 
     size = Datastore(a.out).nbytes_on_disk
     print(json.dumps({"out": a.out, "files": len(files), "documents": meta["num_documents"],
@@ -174,6 +183,8 @@ def cmd_datastore(a: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> None:
+    from specpack.methods import METHODS
+
     ap = argparse.ArgumentParser(prog="specpack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="embedded model through vLLM: suffix vs none vs ngram")
@@ -188,7 +199,10 @@ def main(argv=None) -> None:
     g = sub.add_parser("generate", help="speculative decoding on the transformers reference runtime")
     g.add_argument("--target", required=True, help="HF checkpoint dir of the target (with tokenizer)")
     g.add_argument("--draft", default=None, help="HF checkpoint dir of a draft model")
-    g.add_argument("--method", default="suffix", choices=["none", "suffix", "draft_model"])
+    g.add_argument("--method", default="suffix", choices=["none", *METHODS],
+                   help="a specpack method ('specpack methods' lists them) or none")
+    g.add_argument("--datastore", default=None, help="datastore dir (specpack datastore build) "
+                   "for methods that need one")
     g.add_argument("--config", default=None, help="JSON object of method settings "
                    "(plus an optional 'policy' section)")
     g.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
@@ -204,8 +218,9 @@ def main(argv=None) -> None:
     b.add_argument("--target", default=None, help="HF checkpoint dir (default: embedded pair)")
     b.add_argument("--draft", default=None, help="draft checkpoint dir (enables draft_model methods)")
     b.add_argument("--methods", default="specpack:suffix",
-                   help="comma list: none, vllm:ngram, vllm:draft_model, specpack:suffix, "
-                        "specpack:draft_model, each specpack method optionally with a policy "
+                   help="comma list: none, vllm:ngram, vllm:draft_model, "
+                        + ", ".join(f"specpack:{m}" for m in METHODS)
+                        + ", each specpack method optionally with a policy "
                         "preset (specpack:suffix@k4, @svip, @threshold, @cumulative, @ema, "
                         "@ucb, @exp3, @thompson, @quota-ucb, @off, +off, @custom); none and "
                         "built-ins are always added")

@@ -13,6 +13,7 @@ methods where they mean the same thing.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,6 +21,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 class ConfigError(ValueError):
     """A specpack setting is invalid; the message says which and why."""
+
+
+def json_object(value: Any, flag: str) -> dict:
+    """``value`` (a JSON string, a mapping or None) as a dict, or a
+    :class:`ConfigError` naming ``flag``: the one parser of every JSON-object
+    flag, settings file and section."""
+    if value is None:
+        return {}
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{flag} is not valid JSON: {e}") from None
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{flag} must be a JSON object, got {type(value).__name__}")
+    return dict(value)
 
 
 class MethodConfig(BaseModel):
@@ -216,7 +233,7 @@ BANDIT_KINDS = ("ucb", "exp3", "thompson")
 
 
 class PolicyConfig(BaseModel):
-    """How much to speculate per request and step (see ``specpack.proposers.policy``).
+    """How much to speculate per request and step (see ``specpack.proposers.policy.policy_proposer``).
 
     ``kind``: ``fixed`` (a constant length), ``svip`` / ``threshold`` /
     ``cumulative`` (stopping rules, per position), ``acceptance_ema``
@@ -285,16 +302,6 @@ def parse_policy_config(raw: Mapping[str, Any] | None, *, default_method: str,
     return cfg
 
 
-#: method name -> config model. Extended by later methods.
-METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"suffix": SuffixConfig,
-                                                 "draft_model": DraftModelConfig,
-                                                 "datastore": DatastoreConfig,
-                                                 "token_recycling": TokenRecyclingConfig,
-                                                 "cascade": CascadeConfig,
-                                                 "rasd": FusionConfig}
-RETRIEVAL_METHODS = ("suffix", "datastore", "token_recycling", "cascade")
-
-
 def _describe_allowed(model: type[BaseModel], field: str) -> str:
     info = model.model_fields.get(field)
     if info is None:
@@ -351,15 +358,17 @@ def parse_method_config(
         raw = {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    from specpack.methods import METHODS
+
     raw = dict(raw)
     method = raw.get("method", default_method)
-    allowed = ", ".join(sorted(METHOD_CONFIGS))
+    allowed = ", ".join(sorted(METHODS))
     if method is not None and not isinstance(method, str):
         raise ConfigError(f"{where}: field 'method' = {method!r} must be a string; "
                           f"allowed values: {allowed}")
     if method is None:
         raise ConfigError(f"{where}: field 'method' is required; allowed values: {allowed}")
-    if method not in METHOD_CONFIGS:
+    if method not in METHODS:
         raise ConfigError(
             f"{where}: field 'method' = {method!r} is not a specpack method; "
             f"allowed values: {allowed}"
@@ -370,7 +379,7 @@ def parse_method_config(
             f"which runs {default_method!r}; drop 'method' or use the matching entry point"
         )
     raw["method"] = method
-    model = METHOD_CONFIGS[method]
+    model = METHODS[method].config
     try:
         cfg = model.model_validate(raw)
     except ValidationError as err:
@@ -399,8 +408,11 @@ def nested_method_config(cfg: MethodConfig, field: str, where: str) -> MethodCon
         method = {"suffix": "suffix", "datastore": "datastore",
                   "token_recycling": "token_recycling"}[field]
         return parse_method_config(raw, default_method=method, where=sub_where)
+    from specpack.methods import family_methods
+
     method = raw.get("method")
-    if method not in RETRIEVAL_METHODS:
+    retrieval = family_methods("retrieval")
+    if method not in retrieval:
         raise ConfigError(f"{sub_where}: field 'method' = {method!r}: allowed values: "
-                          f"{', '.join(RETRIEVAL_METHODS)}")
+                          f"{', '.join(retrieval)}")
     return parse_method_config(raw, where=sub_where)

@@ -20,6 +20,10 @@ Derived views used by verifiers:
   children. When present, the children of a node are promised to be i.i.d.
   samples from that row, which lets the stochastic verifier use the
   ``min(1, p/q)`` rule; without it drafts are treated as deterministic.
+* ``root_dist`` (optional, ``[V]``): the drafter's distribution over the
+  first token after the root, for methods that combine drafters (RASD
+  prunes retrieval branches with it). What one method needs from another
+  travels in the draft, never in side attributes of the proposer.
 * ``best_path()`` is the root-to-leaf path with the highest score: the sum of
   node probabilities along it when ``probs`` is known (expected number of
   accepted tokens under independent acceptance), otherwise its length.
@@ -71,6 +75,7 @@ class Draft:
     parents: np.ndarray
     probs: np.ndarray | None = None
     dists: np.ndarray | None = None
+    root_dist: np.ndarray | None = field(default=None, repr=False, compare=False)
     _depths: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -109,7 +114,8 @@ class Draft:
     # ------------------------------------------------------------ builders
     @classmethod
     def trusted(cls, tokens: np.ndarray, parents: np.ndarray,
-                probs: np.ndarray | None = None, dists: np.ndarray | None = None) -> "Draft":
+                probs: np.ndarray | None = None, dists: np.ndarray | None = None,
+                root_dist: np.ndarray | None = None) -> "Draft":
         """Build without validation, for proposers whose kernels guarantee a
         valid tree: contiguous int32 ``tokens``/``parents`` with
         ``-1 <= parents[i] < i`` and float32 ``probs`` of the same length."""
@@ -118,6 +124,7 @@ class Draft:
         object.__setattr__(d, "parents", parents)
         object.__setattr__(d, "probs", probs)
         object.__setattr__(d, "dists", dists)
+        object.__setattr__(d, "root_dist", root_dist)
         object.__setattr__(d, "_depths", None)
         return d
 
@@ -224,4 +231,4 @@ class Draft:
         new_par = np.where(par >= 0, remap[np.maximum(par, 0)], -1).astype(np.int32)
         probs = None if self.probs is None else self.probs[idx]
         dists = None if self.dists is None else self.dists[np.r_[0, idx + 1]]
-        return Draft(self.tokens[idx], new_par, probs, dists)
+        return Draft(self.tokens[idx], new_par, probs, dists, self.root_dist)

@@ -1,4 +1,4 @@
-"""The proposer and policy contract (DESIGN.md §2), engine-agnostic.
+"""The proposer contract (DESIGN.md §2), engine-agnostic.
 
 Engines adapt their own batch layout to :class:`RequestView` rows; a proposer
 sees only stable request keys and token contexts, never engine types.
@@ -7,8 +7,7 @@ sees only stable request keys and token contexts, never engine types.
 from __future__ import annotations
 
 from dataclasses import dataclass
-import logging
-from typing import Callable, Hashable, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Hashable, Sequence
 
 import numpy as np
 
@@ -57,56 +56,95 @@ class Feedback:
     accepted: int
 
 
-@runtime_checkable
-class Proposer(Protocol):
-    """Drafts token trees for a batch of requests.
+@dataclass(frozen=True)
+class StopRule:
+    """A per-position stopping rule for adaptive draft length; this base is
+    the null rule (never stops before ``max_length``).
 
-    Implementations own their per-request state (keyed by ``RequestView.key``),
-    update it incrementally from each view's context, and bound its memory.
+    A drafter asks :meth:`stop_before` before it drafts a token at ``depth``
+    (1-based) from distribution ``q`` below a prefix of path probability
+    ``path_prob``, and keeps a drafted node only when :meth:`admits` its
+    path probability. Concrete rules (SVIP, confidence, cumulative) live in
+    :mod:`specpack.proposers.policy.stopping`.
     """
 
-    def propose(self, batch: Sequence[RequestView]) -> list[Draft]: ...
+    max_length: int = 1 << 30
+    #: whether :meth:`stop_before` reads ``q`` (SVIP, confidence) or not
+    needs_distribution: ClassVar[bool] = False
 
-    def observe(self, feedback: Sequence[Feedback]) -> None: ...
+    def stop_before(self, depth: int, q=None, path_prob: float = 1.0) -> bool:
+        return depth > self.max_length
+
+    def admits(self, path_prob: float) -> bool:
+        return True
+
+
+#: The null stop rule: proposers take ``stop_rule=NO_STOP`` by default.
+NO_STOP = StopRule()
+
+
+class Proposer:
+    """Base class of every specpack proposer (DESIGN.md §2).
+
+    ``propose`` is the one method a proposer must write. Everything else is
+    an optional capability with a do-nothing default, so hosts call it
+    unconditionally (never ``hasattr``):
+
+    * :meth:`observe` - accepted counts of the last verified step;
+    * :meth:`release` - a request left (``finished=False``: preempted or
+      unknown, it may come back and is not a completed output);
+    * :meth:`observe_step` - measured wall time of one engine step (the cost
+      model of the policy layer);
+    * :meth:`observe_target_topk` - the target's top-k at each verified
+      position, where the host can see logits (reference runtime);
+    * :meth:`attach_target` - the target model, for drafters that run on it
+      (self-speculation); vLLM hands it over in ``load_model``;
+    * ``stop_rule`` in :meth:`propose` - drafters with draft distributions
+      apply it while drafting; the others ignore it (the policy layer then
+      applies it after the fact on node probabilities);
+    * :meth:`num_tracked` - per-request states held now, which
+      ``max_active_requests`` caps (memory bound, tested for every method);
+    * :meth:`describe` - what hosts log at start-up.
+
+    Proposers own their per-request state (keyed by ``RequestView.key``),
+    update it incrementally from each view's context, and bound its memory.
+    Build them with :meth:`from_config` (the method table's factory).
+    """
+
+    #: the validated method config (None for proposers built by hand in tests)
+    config: Any = None
+
+    @classmethod
+    def from_config(cls, config, *, max_nodes: int):
+        return cls(config, max_nodes=max_nodes)
+
+    def propose(self, batch: Sequence[RequestView], stop_rule: StopRule = NO_STOP) -> list[Draft]:
+        raise NotImplementedError(f"{type(self).__name__}.propose")
+
+    def observe(self, feedback: Sequence[Feedback]) -> None:
+        """Acceptance of the last step (default: not used)."""
 
     def release(self, key: Hashable, finished: bool = True) -> None:
-        """Drop a request's state. ``finished=False`` means preempted or
-        unknown: the request may come back and must not be treated as a
-        completed output."""
-        ...
+        """Drop a request's state (default: none kept)."""
 
+    def observe_step(self, num_tokens: int, max_depth: int, seconds: float) -> None:
+        """One engine step verified ``num_tokens`` tokens, drafts at most
+        ``max_depth`` deep, in ``seconds`` (default: not used)."""
 
-@runtime_checkable
-class Policy(Protocol):
-    """Decides how much to speculate per request and step (wraps a proposer)."""
+    def observe_target_topk(self, tokens: np.ndarray, topk: np.ndarray) -> None:
+        """``topk[i]`` = the target's top-k ids after ``tokens[i]`` (default: not used)."""
 
-    def budgets(self, batch: Sequence[RequestView]) -> list[Budget]: ...
+    def attach_target(self, model: Any) -> None:
+        """The target model the engine runs (default: not used)."""
 
-    def observe(self, feedback: Sequence[Feedback]) -> None: ...
+    def num_tracked(self) -> int:
+        """Per-request states held now (default: stateless)."""
+        return 0
 
-    def release(self, key: Hashable, finished: bool = True) -> None: ...
-
-
-def propose_isolated(proposer, views: Sequence[RequestView],
-                     on_error: Callable[[RequestView], None]) -> list[Draft | None]:
-    """``proposer.propose(views)``, so that one bad request cannot cost the
-    others their drafts: when the batched call raises, each view is retried
-    alone; a view that fails again gets ``None`` and ``on_error(view)`` is
-    called while its exception is being handled (engine adapters log it and
-    release the request's state)."""
-    try:
-        return list(proposer.propose(views))
-    except Exception:
-        logging.getLogger(__name__).debug("batched propose failed; retrying per request",
-                                          exc_info=True)
-    out: list[Draft | None] = []
-    for v in views:
-        try:
-            out.append(proposer.propose([v])[0])
-        except Exception:
-            on_error(v)
-            out.append(None)
-    return out
+    def describe(self) -> dict:
+        """Settings and counters for logs and reports."""
+        cfg = self.config
+        return {} if cfg is None else cfg.model_dump()
 
 
 def as_context(tokens) -> np.ndarray:

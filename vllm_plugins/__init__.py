@@ -4,23 +4,20 @@ Name a class here in ``--speculative-config``::
 
     {"model": "specpack.vllm_plugins.SuffixDecoding", "num_speculative_tokens": 16}
 
-Classes are imported lazily (vLLM resolves them with ``getattr``), so the
-``vllm.general_plugins`` entry point :mod:`specpack.vllm_plugins.plugin`
-stays light: it imports neither vLLM nor numba.
+One class per method of the method table with a vLLM class name
+(:func:`specpack.methods.vllm_classes`). Classes are imported lazily (vLLM
+resolves them with ``getattr``), so the ``vllm.general_plugins`` entry
+point :mod:`specpack.vllm_plugins.plugin` stays light: it imports neither
+vLLM nor numba.
 """
 
 from importlib import import_module
 
-_EXPORTS = {
-    "PROPOSER_CLASSES": "specpack.vllm_plugins.proposer",
-    "SpecpackProposer": "specpack.vllm_plugins.proposer",
-    "SuffixDecoding": "specpack.vllm_plugins.proposer",
-    "DraftModel": "specpack.vllm_plugins.proposer",
-    "CorpusDatastore": "specpack.vllm_plugins.proposer",
-    "TokenRecycling": "specpack.vllm_plugins.proposer",
-    "RetrievalCascade": "specpack.vllm_plugins.proposer",
-    "RASD": "specpack.vllm_plugins.proposer",
-}
+from specpack.methods import vllm_classes
+
+_PROPOSER_MODULE = "specpack.vllm_plugins.proposer"
+_EXPORTS = {name: _PROPOSER_MODULE for name in
+            ("PROPOSER_CLASSES", "SpecpackProposer", *vllm_classes())}
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,6 +1,7 @@
-"""vLLM entry-point class names -> specpack method (no heavy imports)."""
+"""vLLM entry-point class names -> specpack method, from the method table
+(no heavy imports: the ``vllm.general_plugins`` entry point reads it)."""
+
+from specpack.methods import vllm_classes
 
 #: ``--speculative-config`` ``model`` values are ``specpack.vllm_plugins.<name>``.
-PROPOSER_METHODS: dict[str, str] = {
-    "SuffixDecoding": "suffix", "DraftModel": "draft_model", "CorpusDatastore": "datastore",
-    "TokenRecycling": "token_recycling", "RetrievalCascade": "cascade", "RASD": "rasd"}
+PROPOSER_METHODS: dict[str, str] = vllm_classes()

@@ -17,6 +17,8 @@ import json
 import os
 import time
 
+from specpack.config import json_object
+
 
 def spec_decode_stats(metrics) -> dict:
     """vLLM spec-decode counters -> drafts, draft tokens, accepted, mean acceptance length."""
@@ -77,8 +79,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     with open(a.prompts) as f:
         prompts = json.load(f)
-    spec = json.loads(a.speculative_config) if a.speculative_config else None
-    extra = json.loads(a.additional_config) if a.additional_config else None
+    spec = json_object(a.speculative_config, "--speculative-config") or None
+    extra = json_object(a.additional_config, "--additional-config") or None
     res = run(a.model, prompts, a.max_tokens, spec, extra, a.max_num_seqs)
     with open(a.out, "w") as f:
         json.dump(res, f)

@@ -13,11 +13,10 @@ llvmlite objects, so heavy imports wait until the proposer is built.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
-from specpack.config import ConfigError
+from specpack.config import ConfigError, json_object
 from specpack.registry import validate_pipeline
 from specpack.vllm_plugins.names import PROPOSER_METHODS
 from specpack.vllm_plugins.version import check_vllm_version
@@ -42,18 +41,7 @@ def validate_engine_args(speculative_config, additional_config) -> str | None:
 
     Accepts dicts or JSON strings. Raises :class:`ConfigError`.
     """
-    def load(value, flag):
-        if value is None or isinstance(value, dict):
-            return value or {}
-        try:
-            obj = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{flag} is not valid JSON: {e}") from None
-        if not isinstance(obj, dict):
-            raise ConfigError(f"{flag} must be a JSON object")
-        return obj
-
-    spec = load(speculative_config, "--speculative-config")
+    spec = json_object(speculative_config, "--speculative-config")
     model = spec.get("model")
     if not isinstance(model, str) or not model.startswith(PREFIX):
         return None
@@ -69,10 +57,11 @@ def validate_engine_args(speculative_config, additional_config) -> str | None:
             f"--speculative-config field 'num_speculative_tokens' = {k!r}: "
             "a specpack proposer needs an integer >= 1"
         )
-    extra = load(additional_config, "--additional-config")
+    extra = json_object(additional_config, "--additional-config")
     method = PROPOSER_METHODS[name]
-    validate_pipeline(extra.get("specpack", {}), method=method, max_nodes=k,
-                      where="--additional-config specpack")
+    validate_pipeline(json_object(extra.get("specpack", {}),
+                                  "--additional-config field 'specpack'"),
+                      method=method, max_nodes=k, where="--additional-config specpack")
     return method
 
 

@@ -2,8 +2,9 @@
 
 ``none`` (the engine without speculation), the engine's built-ins
 (``vllm:ngram``, ``vllm:draft_model``) and specpack's methods
-(``specpack:suffix``, ``specpack:draft_model``), each optionally with a
-policy preset after ``@``:
+(``specpack:<method>`` for every row of the method table the engine can
+host: :mod:`specpack.methods`), each optionally with a policy preset after
+``@``:
 
 * ``@kN`` - fixed length N (e.g. ``specpack:suffix@k4``);
 * ``@svip``, ``@threshold``, ``@cumulative``, ``@ema`` - adaptive length;
@@ -22,15 +23,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from specpack.methods import METHODS
+
 ENGINES = ("vllm", "hf")
 BUILTINS = {"vllm": ("vllm:ngram", "vllm:draft_model"), "hf": ()}
-SPECPACK = {"vllm": ("specpack:suffix", "specpack:draft_model", "specpack:datastore",
-                     "specpack:token_recycling", "specpack:cascade", "specpack:rasd"),
-            "hf": ("specpack:suffix", "specpack:draft_model", "specpack:datastore",
-                   "specpack:token_recycling", "specpack:cascade", "specpack:rasd")}
+#: specpack methods per engine: vLLM hosts the rows with a vLLM class, the
+#: reference runtime hosts every row
+SPECPACK = {"vllm": tuple(f"specpack:{n}" for n, s in METHODS.items() if s.vllm_class),
+            "hf": tuple(f"specpack:{n}" for n in METHODS)}
 #: methods that need --draft / --datastore
-NEEDS_DRAFT = ("specpack:draft_model", "specpack:rasd", "vllm:draft_model")
-NEEDS_DATASTORE = ("specpack:datastore",)
+NEEDS_DRAFT = tuple(f"specpack:{n}" for n, s in METHODS.items()
+                    if s.needs_draft_model) + ("vllm:draft_model",)
+NEEDS_DATASTORE = tuple(f"specpack:{n}" for n, s in METHODS.items() if s.needs_datastore)
 
 
 PRESETS = ("kN", "svip", "threshold", "cumulative", "ema", "ucb", "exp3", "thompson",
@@ -130,21 +134,26 @@ def specpack_settings(method: Method, draft: str | None, k: int,
                       custom_policy: dict | None = None, datastore: str | None = None) -> dict:
     """specpack's settings (method config + optional policy) for a specpack method.
 
-    ``cascade`` uses the datastore when one is given; ``rasd`` fuses the
-    draft model with that cascade.
+    From the method's declared needs and config fields: a draft model gets
+    ``--draft``, a datastore method ``--datastore``; a method with nested
+    ``datastore`` settings (cascade) uses the datastore when one is given; a
+    method with a nested ``retrieval`` source (fusion) fuses with that
+    cascade.
     """
+    spec = METHODS[method.base.removeprefix("specpack:")]
+    fields = spec.config.model_fields
     settings: dict = {}
     cascade: dict = {"method": "cascade"}
     if datastore:
         cascade["datastore"] = {"datastore_path": datastore}
-    if method.base == "specpack:draft_model":
+    if spec.needs_draft_model:
         settings["draft_model"] = draft
-    elif method.base == "specpack:datastore":
+    if spec.needs_datastore:
         settings["datastore_path"] = datastore
-    elif method.base == "specpack:cascade":
-        settings.update({k2: v for k2, v in cascade.items() if k2 != "method"})
-    elif method.base == "specpack:rasd":
-        settings.update({"draft_model": draft, "retrieval": cascade})
+    if "datastore" in fields and datastore:
+        settings["datastore"] = cascade["datastore"]
+    if "retrieval" in fields:
+        settings["retrieval"] = cascade
     if method.preset is not None:
         settings["policy"] = policy_preset(method.preset, k, custom_policy)
     return settings
@@ -161,11 +170,9 @@ def vllm_configs(method: Method, draft: str | None, k: int,
                 "prompt_lookup_max": 5}, {}
     if method.name == "vllm:draft_model":
         return {"method": "draft_model", "model": draft, "num_speculative_tokens": min(k, 4)}, {}
-    classes = {"specpack:suffix": "SuffixDecoding", "specpack:draft_model": "DraftModel",
-               "specpack:datastore": "CorpusDatastore", "specpack:token_recycling":
-               "TokenRecycling", "specpack:cascade": "RetrievalCascade", "specpack:rasd": "RASD"}
-    if method.base in classes:
-        return ({"model": "specpack.vllm_plugins." + classes[method.base],
+    spec = METHODS.get(method.base.removeprefix("specpack:"))
+    if method.base.startswith("specpack:") and spec is not None and spec.vllm_class:
+        return ({"model": "specpack.vllm_plugins." + spec.vllm_class,
                  "num_speculative_tokens": k},
                 {"specpack": specpack_settings(method, draft, k, custom_policy, datastore)})
     raise ValueError(f"method {method.name} cannot run on vLLM")

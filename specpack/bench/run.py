@@ -77,11 +77,9 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specpack.config import DraftModelConfig, FusionConfig, MethodConfig
-    from specpack.proposers.retrieval import FusionProposer
     from specpack.hf import generate
-    from specpack.proposers.draft_model import DraftModelProposer
-    from specpack.registry import FACTORIES, build_pipeline
+    from specpack.methods import build_method, loaded_draft_builder
+    from specpack.registry import build_pipeline
 
     if "target" not in state:
         state["tok"] = AutoTokenizer.from_pretrained(args.target)
@@ -97,15 +95,9 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
             else:
                 settings = specpack_settings(method, args.draft, k, getattr(args, "policy", None),
                                              getattr(args, "datastore", None))
-
-                def build(mc: MethodConfig, n: int):
-                    if isinstance(mc, FusionConfig) and mc.draft_model == args.draft:
-                        return FusionProposer(mc, max_nodes=n, draft=DraftModelProposer(
-                            state["draft"], mc, max_nodes=n))
-                    if isinstance(mc, DraftModelConfig) and mc.draft_model == args.draft:
-                        return DraftModelProposer(state["draft"], mc, max_nodes=n)  # loaded once
-                    return FACTORIES[mc.method](mc, n)
-
+                # the draft model is loaded once for every method and phase
+                build = (loaded_draft_builder(state["draft"], args.draft) if "draft" in state
+                         else build_method)
                 nodes = depth = k
                 if method.base == "specpack:draft_model" and method.preset is None:
                     nodes = depth = min(k, 4)

@@ -66,8 +66,8 @@ def start_server(model: str, spec, extra, max_len: int, max_seqs: int, seed: int
         cmd += ["--additional-config", json.dumps(extra)]
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    f = open(log, "w")
-    proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    with open(log, "w") as f:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     import requests
 

@@ -81,7 +81,8 @@ def main(argv=None) -> None:
     ap.add_argument("--spec", required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
-    job = json.load(open(a.spec))
+    with open(a.spec) as f:
+        job = json.load(f)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(job.get("kv_cache_gib", 2)))
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM
@@ -102,7 +103,8 @@ def main(argv=None) -> None:
             wall, out = run_phase(llm, prompts, [r["max_new_tokens"] for r in reqs], c, f"{c}-{cat}")
             phases.append({"concurrency": c, "category": cat, "wall_s": wall,
                            "spec": delta(counters(llm), before), "requests": out})
-    json.dump({"phases": phases}, open(a.out, "w"))
+    with open(a.out, "w") as f:
+        json.dump({"phases": phases}, f)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 One step for a batch of live requests:
 
-1. the policy (if any) sets each request's budget; the proposer drafts a
-   :class:`~specpack.draft.Draft` tree per request from its committed tokens;
+1. the proposer (a policy is a proposer around proposers) drafts a
+   :class:`~specpack.draft.Draft` tree per request from its committed
+   tokens, through the :class:`~specpack.step_driver.StepDriver` every
+   engine host shares (budgets, feedback, step timing, release);
 2. one target forward over ``[root] + nodes`` per request (ragged batch),
    each node attending to the committed prefix (KV cache) plus its
    ancestors (tree mask), root at position ``C - 1``, node ``i`` at
@@ -19,6 +21,7 @@ forwards; plain decoding gives exactly 1.0.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
@@ -30,8 +33,18 @@ from specpack.draft import Draft
 from specpack.kernels.sampling import process_logits
 from specpack.kernels.tree_mask import build_tree_batch
 from specpack.kernels.verify import greedy_verify, sample_verify
-from specpack.protocols import Budget, Feedback, RequestView
-from specpack.proposers.lm_cache import CachedLM
+from specpack.hf.kv_cache import CachedLM
+from specpack.protocols import Budget, Proposer, RequestView
+from specpack.step_driver import StepDriver
+
+logger = logging.getLogger("specpack.hf")
+
+
+class _NoSpeculation(Proposer):
+    """Plain decoding through the same code path: every draft is empty."""
+
+    def propose(self, batch, stop_rule=None):
+        return [Draft.empty() for _ in batch]
 
 
 @dataclass
@@ -95,16 +108,18 @@ def _add_at(lst: list[int], depth_upto: int) -> None:
         lst[i] += 1
 
 
-def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=None, *,
+def generate(target, prompts: Sequence[Sequence[int]], proposer: Proposer | None = None, *,
              max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
              seed: int = 0, max_nodes: int = 8, max_depth: int = 8,
              eos_token_id: int | None = None, batch_size: int | None = None,
-             on_step=None, verifier=None, tree_attention: str | None = "auto") -> GenerateResult:
+             on_step=None, verifier=None, tree_attention: str | None = "auto",
+             isolate_errors: bool = False) -> GenerateResult:
     """Speculative decoding of ``prompts`` (token-id lists) with ``target``.
 
-    ``proposer`` implements :class:`~specpack.protocols.Proposer` (None = plain
-    decoding through the same code path); ``policy`` (optional) supplies
-    per-request budgets, otherwise ``Budget(max_nodes, max_depth)``.
+    ``proposer`` is a :class:`~specpack.protocols.Proposer` (a policy is one
+    too; None = plain decoding through the same code path); every request's
+    budget is ``Budget(max_nodes, max_depth)``. The proposer is handed the
+    target (``attach_target``) before the first step.
     ``batch_size`` caps requests decoded together (default: all).
     ``on_step(lm, keys, committed)`` is called after each step (tests inspect
     the cache). ``verifier(draft, probs, generator)`` replaces the stochastic
@@ -112,12 +127,18 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
     ``tree_attention``: backend of :func:`specpack.kernels.tree_attention` for
     verification forwards (``auto``: FlashInfer > Triton > torch reference),
     or None for transformers' SDPA with a dense 4D mask.
+    ``isolate_errors``: a proposer exception costs that request its drafts
+    (as in the engines) instead of being raised (the default here, so tests
+    see every failure).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     lm = target if isinstance(target, CachedLM) else CachedLM(target, tree_attention=tree_attention)
+    driver = StepDriver(proposer or _NoSpeculation(), name="hf", logger=logger,
+                        raise_errors=not isolate_errors)
+    driver.attach_target(lm.model)
     gen = torch.Generator().manual_seed(seed)
     n = len(prompts)
     batch_size = batch_size or n
@@ -134,23 +155,15 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
         live = pending[:batch_size]
         pending = pending[batch_size:]
         lm.extend([keys[i] for i in live], [committed[i][:-1] for i in live])  # prefill
+        driver.untimed()  # the prefill is not a decode step
         while live:
-            t_step = time.perf_counter()
             views = []
             for i in live:
                 views.append(RequestView(keys[i], np.asarray(committed[i], np.int32),
                                          Budget(max_nodes, max_depth), accepted=last_accepted[i],
                                          num_prompt_tokens=len(prompts[i]),
                                          temperature=temperature, top_p=top_p))
-            if policy is not None:
-                for v, b in zip(views, policy.budgets(views)):
-                    v.budget = b
-            if proposer is not None:
-                drafts = proposer.propose(views)
-            else:
-                drafts = [Draft.empty() for _ in views]
-            drafts = [d.truncated(v.budget.max_nodes, v.budget.max_depth)
-                      for d, v in zip(drafts, views)]
+            drafts = driver.propose(views)
             # one target forward over [root] + nodes per request
             tb = build_tree_batch(drafts)
             cu = tb.cu_tree.tolist()
@@ -163,15 +176,15 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
                 fw_mask.append(tb.dense_mask[cu[b]:cu[b + 1], :n].numpy())
             logits = lm.forward([keys[i] for i in live], fw_tokens, fw_pos, fw_mask,
                                 tree_bits=tb.bits)
-            feedback, finished = [], []
-            topk_sink = getattr(proposer, "observe_target_topk", None)
+            accepted, finished = [], []
             for i, d, lg in zip(live, drafts, logits):
-                if topk_sink is not None:
+                if proposer is not None:
                     # every verified position's top-k: what the target itself
                     # considered after the root and after each draft node
                     k = min(8, lg.shape[-1])
-                    topk_sink(np.concatenate([[committed[i][-1]], d.tokens]).astype(np.int64),
-                              lg.topk(k, dim=-1).indices.numpy())
+                    driver.observe_target_topk(
+                        np.concatenate([[committed[i][-1]], d.tokens]).astype(np.int64),
+                        lg.topk(k, dim=-1).indices.numpy())
                 if temperature == 0:
                     res = greedy_verify(d, lg.argmax(-1))
                 else:
@@ -196,28 +209,18 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer=None, policy=Non
                     st.accepted_at_depth.extend([0] * (len(st.drafted_at_depth) - len(st.accepted_at_depth)))
                 _add_at(st.accepted_at_depth, acc)
                 last_accepted[i] = acc
-                feedback.append(Feedback(keys[i], len(d), acc))
+                accepted.append((keys[i], acc))
                 done = len(outputs[i]) >= max_new_tokens or (
                     eos_token_id is not None and new and new[-1] == eos_token_id)
                 if done:
                     finished.append(i)
             step_log.append({"batch": len(live), "drafted": sum(len(d) for d in drafts),
-                             "accepted": sum(f.accepted for f in feedback)})
-            if proposer is not None:
-                if hasattr(proposer, "observe_step"):
-                    proposer.observe_step(len(drafts) + sum(len(d) for d in drafts),
-                                          max((d.max_depth for d in drafts), default=0),
-                                          time.perf_counter() - t_step)
-                proposer.observe(feedback)
-            if policy is not None:
-                policy.observe(feedback)
+                             "accepted": sum(a for _, a in accepted)})
+            driver.observe(accepted)
             if on_step is not None:
                 on_step(lm, {i: keys[i] for i in live}, committed)
             for i in finished:
                 live.remove(i)
                 lm.release(keys[i])
-                if proposer is not None:
-                    proposer.release(keys[i], finished=True)
-                if policy is not None:
-                    policy.release(keys[i], finished=True)
+                driver.release(keys[i], finished=True)
     return GenerateResult(outputs, stats, time.perf_counter() - t0, step_log)

@@ -8,8 +8,8 @@ import torch
 
 from specpack.config import DraftModelConfig, SuffixConfig
 from specpack.hf import generate
-from specpack.proposers.draft_model import DraftModelProposer
-from specpack.proposers.suffix import SuffixProposer
+from specpack.proposers.model.draft_model import DraftModelProposer
+from specpack.proposers.retrieval.suffix import SuffixProposer
 
 MAX_NEW = 40
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from specpack.config import DraftModelConfig
 from specpack.hf import generate
-from specpack.proposers.draft_model import DraftModelProposer
-from specpack.registry import FACTORIES, build_pipeline
+from specpack.methods import loaded_draft_builder
+from specpack.proposers.model.draft_model import DraftModelProposer
+from specpack.registry import build_pipeline
 
 MAX_NEW = 32
 ARMS = [{"num_tokens": 2}, {"num_tokens": 6}]
@@ -70,13 +70,8 @@ def test_suffix_policies_lossless(target, prompts, reference, policy):
 
 @pytest.mark.parametrize("policy", DRAFT_POLICIES, ids=lambda p: p["kind"])
 def test_draft_model_policies_lossless(target, prompts, reference, policy):
-    def build(mc, n):
-        if mc.method == "draft_model":
-            return DraftModelProposer(target, mc, max_nodes=n)   # target as drafter
-        return FACTORIES[mc.method](mc, n)
-
     prop = build_pipeline({"draft_model": "in-memory", "policy": policy}, method="draft_model",
-                          max_nodes=8, build=build)
+                          max_nodes=8, build=loaded_draft_builder(target))  # target as drafter
     res = generate(target, prompts, prop, max_new_tokens=MAX_NEW, max_nodes=8, max_depth=8,
                    batch_size=5)
     assert res.tokens == reference

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from specpack.hf import generate
-from specpack.proposers.datastore import build_datastore
-from specpack.proposers.draft_model import DraftModelProposer
-from specpack.registry import FACTORIES, build_pipeline
+from specpack.proposers.retrieval.corpus_index import build_datastore
+from specpack.methods import loaded_draft_builder
+from specpack.registry import build_pipeline
 
 MAX_NEW = 32
 
@@ -62,16 +62,8 @@ def test_retrieval_methods_lossless(method, target, prompts, reference, datastor
                                     tiny_model_dir):
     base = method.split("-")[0]
 
-    def build(mc, n):
-        if mc.method == "rasd":
-            from specpack.proposers.retrieval import FusionProposer
-
-            return FusionProposer(mc, max_nodes=n,
-                                  draft=DraftModelProposer(target, mc, max_nodes=n))
-        return FACTORIES[mc.method](mc, n)
-
     prop = build_pipeline(settings(method, datastore, tiny_model_dir), method=base,
-                          max_nodes=12, build=build)
+                          max_nodes=12, build=loaded_draft_builder(target))
     res = generate(target, prompts, prop, max_new_tokens=MAX_NEW, max_nodes=12, max_depth=10,
                    batch_size=4)
     assert res.tokens == reference

@@ -12,8 +12,9 @@ import torch
 from specpack.draft import Draft
 from specpack.hf import generate
 from specpack.kernels.sampling import process_logits
-from specpack.kernels.verify import accept_all_verify
-from specpack.proposers.draft_model import DraftModelProposer
+from specpack.protocols import NO_STOP, Proposer
+from specpack.testing.broken_verifier import accept_all_verify
+from specpack.proposers.model.draft_model import DraftModelProposer
 from specpack.config import DraftModelConfig
 from specpack.testing.tiny_models import tiny_vocab_llama
 
@@ -68,11 +69,11 @@ def chi_square_p(counts, expected_probs):
                                          torch.tensor(stat / 2, dtype=torch.float64)))
 
 
-class FullTreeProposer:
+class FullTreeProposer(Proposer):
     """Deterministic drafts without probabilities: every token at depth 1,
     two fixed children under each, so every verification path is exercised."""
 
-    def propose(self, batch):
+    def propose(self, batch, stop_rule=NO_STOP):
         out = []
         for v in batch:
             toks, pars = list(range(V)), [-1] * V
@@ -81,12 +82,6 @@ class FullTreeProposer:
                 pars += [i, i]
             out.append(Draft(toks, pars))
         return out
-
-    def observe(self, fb):
-        pass
-
-    def release(self, key, finished=True):
-        pass
 
 
 def sample_counts(target, proposer, temperature, top_p, verifier=None, seed=0):

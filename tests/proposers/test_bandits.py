@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from specpack.proposers.bandits import EXP3, UCB, RewardScale, Thompson
+from specpack.proposers.policy.bandits import EXP3, UCB, RewardScale, Thompson
 
 MEANS = np.array([0.30, 0.55, 0.45, 0.20])   # arm 1 is best
 

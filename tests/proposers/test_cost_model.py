@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from specpack.proposers.cost_model import StepCostModel, choose_draft_lengths
+from specpack.proposers.policy.cost_model import StepCostModel, choose_draft_lengths
 
 
 def fitted(a, b, c, noise=0.0, seed=0):

@@ -5,22 +5,20 @@ import pytest
 
 from specpack.config import ConfigError, SuffixConfig, parse_policy_config
 from specpack.draft import Draft
-from specpack.protocols import Budget, Feedback, RequestView
-from specpack.proposers.policy import PolicyProposer
+from specpack.protocols import NO_STOP, Budget, Feedback, Proposer, RequestView
+from specpack.proposers.policy.policy_proposer import PolicyProposer
 from specpack.registry import build_pipeline, validate_pipeline
 
 
-class Counting:
+class Counting(Proposer):
     """A proposer that drafts ``budget.max_nodes`` tokens with fixed probabilities."""
-
-    method = "suffix"
 
     def __init__(self, config, max_nodes):
         self.config = config
         self.max_nodes = max_nodes
         self.calls, self.observed, self.released = [], [], []
 
-    def propose(self, batch):
+    def propose(self, batch, stop_rule=NO_STOP):
         self.calls.append([(v.key, v.budget.max_nodes) for v in batch])
         return [Draft.chain(np.arange(v.budget.max_nodes, dtype=np.int32) + 1,
                             probs=np.full(v.budget.max_nodes, 0.9, np.float32) **

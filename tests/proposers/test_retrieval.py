@@ -7,11 +7,12 @@ from specpack.config import (CascadeConfig, ConfigError, DatastoreConfig, TokenR
                              parse_method_config)
 from specpack.draft import Draft
 from specpack.protocols import Budget, RequestView
-from specpack.proposers.datastore import (Datastore, build_datastore, continuation_tree,
+from specpack.proposers.retrieval.corpus_index import (Datastore, build_datastore, continuation_tree,
                                           truncated_suffix_array)
-from specpack.proposers.retrieval import CascadeProposer, DatastoreProposer, draft_score
-from specpack.proposers.token_recycling import TokenRecyclingProposer, build_template
-from specpack.proposers.tree_merge import merge_trees, path_set
+from specpack.proposers.retrieval.cascade import CascadeProposer, draft_score
+from specpack.proposers.retrieval.datastore import DatastoreProposer
+from specpack.proposers.retrieval.token_recycling import TokenRecyclingProposer, build_template
+from specpack.token_trie import merge_trees, path_set
 
 
 def view(ctx, n=16, key="r", accepted=-1):
@@ -201,7 +202,7 @@ def test_fusion_prunes_by_first_token_probability_and_merges():
     import torch
 
     from specpack.config import FusionConfig
-    from specpack.proposers.retrieval import FusionProposer
+    from specpack.proposers.fusion.rasd import FusionProposer
 
     class Dummy:
         def release(self, *a, **k):

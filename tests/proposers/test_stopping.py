@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from specpack.draft import Draft
-from specpack.proposers.stopping import (ConfidenceRule, CumulativeRule, StopRule, SVIPRule,
+from specpack.proposers.policy.stopping import (ConfidenceRule, CumulativeRule, StopRule, SVIPRule,
                                          entropy_nats, top1, truncate_by_rule)
 
 
@@ -87,7 +87,7 @@ def test_draft_model_applies_rule_while_drafting():
     from transformers import AutoModelForCausalLM  # noqa: F401
 
     from specpack.config import DraftModelConfig
-    from specpack.proposers.draft_model import DraftModelProposer
+    from specpack.proposers.model.draft_model import DraftModelProposer
     from specpack.protocols import Budget, RequestView
     from specpack.testing.tiny_models import tiny_vocab_llama
 

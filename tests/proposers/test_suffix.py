@@ -4,7 +4,7 @@ import pytest
 from specpack.config import SuffixConfig
 from specpack.draft import Draft
 from specpack.protocols import Budget, Proposer, RequestView
-from specpack.proposers.suffix import SuffixProposer
+from specpack.proposers.retrieval.suffix import SuffixProposer
 
 
 def view(key, ctx, budget=16, depth=None, prompt=-1):

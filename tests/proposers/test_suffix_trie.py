@@ -3,7 +3,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from specpack.proposers.suffix_trie import SuffixTrie
+from specpack.proposers.retrieval.suffix_trie import SuffixTrie
 
 
 def brute_counts(seqs, D):

@@ -2,12 +2,14 @@
 
 import json
 import logging
+import types
 
 import numpy as np
 import pytest
 import torch
 
 from specpack.draft import Draft
+from specpack.protocols import NO_STOP, Proposer
 from specpack.sglang_plugins.names import ALGORITHMS
 from specpack.sglang_plugins.tree_layout import accepted_path, draft_to_tree, tree_links
 
@@ -209,14 +211,18 @@ def make_req(rid, prompt, output=()):
     return r
 
 
-class Recording:
+def make_batch(*reqs):
+    return types.SimpleNamespace(reqs=list(reqs))
+
+
+class Recording(Proposer):
     """Wraps a real proposer and records what the worker asks and reports."""
 
     def __init__(self, inner, fail_on=None):
         self.inner, self.fail_on = inner, fail_on
-        self.views, self.feedback, self.released = [], [], []
+        self.views, self.feedback, self.released, self.steps = [], [], [], []
 
-    def propose(self, batch):
+    def propose(self, batch, stop_rule=NO_STOP):
         self.views.append([(v.key, v.context.tolist(), v.budget.max_nodes) for v in batch])
         if self.fail_on is not None and any(v.key == self.fail_on for v in batch):
             raise RuntimeError("boom")
@@ -224,23 +230,117 @@ class Recording:
 
     def observe(self, fb):
         self.feedback += list(fb)
+        self.inner.observe(fb)
+
+    def observe_step(self, num_tokens, max_depth, seconds):
+        self.steps.append((num_tokens, max_depth, seconds))
+        self.inner.observe_step(num_tokens, max_depth, seconds)
 
     def release(self, key, finished=True):
         self.released.append((key, finished))
         self.inner.release(key, finished)
 
 
-def test_worker_drafts_layout_feedback_and_release(sglang_plugins_loaded):
-    from specpack.proposers.suffix import SuffixProposer
-    from specpack.sglang_plugins.worker import DraftBatcher, SpecpackNgramWorker
+#: resolved server args the scheduler's published context carries for the worker
+PUBLISHED_FIELDS = ("speculative_algorithm", "speculative_num_draft_tokens",
+                    "speculative_eagle_topk", "speculative_num_steps",
+                    "disable_overlap_schedule", "enable_mixed_chunk", "max_running_requests",
+                    "page_size", "device")
 
+
+@pytest.fixture
+def publish(sglang_plugins_loaded, monkeypatch, caplog):
+    """Publish resolved server args through SGLang's own scoped override
+    (``RuntimeContext.override_server_args``), restored after the test."""
+    from sglang.srt.runtime_context import get_context
+
+    monkeypatch.delenv("SPECPACK_SGLANG_CONFIG", raising=False)
+    installed = []
+
+    def _publish(argv, **changes):
+        _, cfg = _resolve(argv, monkeypatch)            # handle_server_args' defaults
+        # prepare_server_args reconfigures root logging (replacing its
+        # handlers): give pytest's capture handler back
+        if caplog.handler not in logging.getLogger().handlers:
+            logging.getLogger().addHandler(caplog.handler)
+        fields = {n: getattr(cfg, n) for n in PUBLISHED_FIELDS}
+        fields.update(changes)
+        override = get_context().override_server_args(**fields)
+        server_args = override.install()
+        installed.append(override)
+        return server_args
+
+    yield _publish
+    for override in reversed(installed):
+        override.restore()
+
+
+@pytest.fixture
+def build_worker(publish, monkeypatch):
+    """The scheduler's path: ``create_worker(server_args)`` then the class
+    called with keyword arguments; ``wrap`` wraps the proposer built from the
+    settings (to record or replace it)."""
+    from sglang.srt.speculative.spec_info import SpeculativeAlgorithm
+
+    import specpack.sglang_plugins.worker as worker_mod
+
+    def _build(algorithm="SPECPACK_SUFFIX", width=6, wrap=None):
+        server_args = publish(["--speculative-algorithm", algorithm,
+                               "--speculative-num-draft-tokens", str(width)])
+        built = []
+        if wrap is not None:
+            real = worker_mod.build_pipeline
+
+            def build_pipeline(*args, **kwargs):
+                built.append(kwargs)
+                return wrap(real(*args, **kwargs))
+
+            monkeypatch.setattr(worker_mod, "build_pipeline", build_pipeline)
+        cls = SpeculativeAlgorithm.from_string(algorithm).create_worker(server_args)
+        target = types.SimpleNamespace(model_runner=object())
+        worker = cls(server_args=server_args, gpu_id=0, nccl_port=0, target_worker=target)
+        assert worker.server_args is server_args and worker.target_worker is target
+        assert worker.model_runner is target.model_runner
+        if wrap is not None:
+            assert built == [{"method": ALGORITHMS[algorithm], "max_nodes": width - 1,
+                              "where": "specpack settings"}]
+        return worker
+
+    return _build
+
+
+def test_worker_built_through_sglang_constructor_reads_published_context(build_worker,
+                                                                         publish):
+    from specpack.proposers.retrieval.suffix import SuffixProposer
+    from specpack.sglang_plugins.worker import SpecpackNgramWorker
+
+    worker = build_worker("SPECPACK_SUFFIX", width=6)
+    assert type(worker) is SpecpackNgramWorker
+    assert worker.draft_token_num == worker.speculative_num_draft_tokens == 6
+    assert worker.topk == 5 and worker.speculative_num_steps == 1     # handle_server_args
+    assert worker.enable_overlap is False and worker.device == "cpu"
+    assert worker.draft_worker is None                  # NGRAM: no draft model
+    assert worker.batcher.width == 6 and worker.batcher.method == "suffix"
+    assert isinstance(worker.batcher.proposer, SuffixProposer)
+    assert worker.list_external_corpora() == {}
+    with pytest.raises(NotImplementedError, match="SPECPACK_DATASTORE"):
+        worker.add_external_corpus("c", [[1, 2]])
+    # the worker refuses overlap scheduling, naming the setting
+    server_args = publish(["--speculative-algorithm", "SPECPACK_SUFFIX"],
+                          disable_overlap_schedule=False)
+    with pytest.raises(ValueError, match="disable_overlap_schedule = True"):
+        SpecpackNgramWorker(server_args=server_args, gpu_id=0, nccl_port=0,
+                            target_worker=types.SimpleNamespace(model_runner=None))
+
+
+def test_worker_drafts_layout_feedback_and_release(build_worker):
     w = 6
-    prop = Recording(SuffixProposer(max_nodes=w - 1))
-    worker = SpecpackNgramWorker.__new__(SpecpackNgramWorker)   # no GPU runtime needed
-    worker.batcher = DraftBatcher(prop, w, "suffix")
+    worker = build_worker("SPECPACK_SUFFIX", width=w, wrap=Recording)
+    prop = worker.batcher.proposer
+    assert isinstance(prop, Recording)
     a = make_req("a", [1, 2, 3, 4, 1, 2, 3], [4, 1, 2])          # repeats: suffix drafts 3, 4
     b = make_req("b", [7, 8], [])
-    batch = type("B", (), {"reqs": [a, b]})()
+    batch = make_batch(a, b)
     tokens, mask = worker._prepare_draft_tokens(batch)
     assert tokens.dtype == np.int64 and tokens.shape == (2 * w,)
     assert mask.dtype == bool and mask.shape == (2 * w * w,)
@@ -248,6 +348,7 @@ def test_worker_drafts_layout_feedback_and_release(sglang_plugins_loaded):
     ta, ma = tokens[:w], mask[: w * w].reshape(w, w)
     assert ta[0] == 2 and ta[1:3].tolist() == [3, 4]             # root, then the draft
     assert tokens[w] == 8 and (tokens[w:] == 8).all()          # b: nothing to draft, padding
+    assert prop.steps == []                                    # no previous step to time
     # SGLang verifies and reports accepted drafts per request, in batch order
     target = np.full(w, -1)
     target[0], target[1] = 3, 4
@@ -255,19 +356,42 @@ def test_worker_drafts_layout_feedback_and_release(sglang_plugins_loaded):
     worker.on_verify_complete_cpu([acc_a, 0], batch_size=2)
     fb = {f.key: (f.drafted, f.accepted) for f in prop.feedback}
     assert fb["a"][1] == 2 and fb["a"][0] >= 2 and fb["b"] == (0, 0)
-    # a report that does not belong to a drafted step (a prefill batch) is ignored
+    # a report that does not belong to a drafted step (a prefill batch) is ignored ...
     worker.on_verify_complete_cpu([0, 0, 0], batch_size=3)
     assert len(prop.feedback) == 2
-    # b finishes, a leaves without finishing (preempted): released accordingly
+    # b finishes; a drafts again. A prefill ran since the last drafts, so
+    # that interval is not reported as a decode step
     b.finished_reason = object()
     a.output_ids.extend([3, 4])
-    worker._prepare_draft_tokens(type("B", (), {"reqs": [a]})())
-    worker._prepare_draft_tokens(type("B", (), {"reqs": []})())
-    assert ("b", True) in prop.released and ("a", False) in prop.released
+    worker._prepare_draft_tokens(make_batch(a))
+    assert prop.released == [("b", True)] and prop.steps == []
+    worker.on_verify_complete_cpu([1], batch_size=1)
+    (fa,) = prop.feedback[2:]
+    assert fa.key == "a" and fa.drafted > 0 and fa.accepted == 1
+    # a leaves without finishing (preempted); the step it was in is timed:
+    # one row plus its draft nodes verified, as deep as its draft
+    worker._prepare_draft_tokens(make_batch())
+    assert prop.released == [("b", True), ("a", False)]
+    ((n, depth, seconds),) = prop.steps
+    assert n == 1 + fa.drafted and 1 <= depth <= fa.drafted and seconds >= 0
+    # SGLang flushes its caches: live requests are released (once), and the
+    # step around the flush is not timed although one report came in
+    c = make_req("c", [5, 6, 5, 6, 5])
+    worker._prepare_draft_tokens(make_batch(c))
+    assert len(prop.steps) == 1                    # no report since the last drafts
+    worker.on_verify_complete_cpu([0], batch_size=1)
+    worker.clear_cache_pool()
+    assert prop.released[-1] == ("c", False)
+    worker._prepare_draft_tokens(make_batch(c))
+    assert len(prop.steps) == 1 and prop.released.count(("c", False)) == 1
+    worker.on_verify_complete_cpu([0], batch_size=1)
+    worker._prepare_draft_tokens(make_batch(c))
+    assert len(prop.steps) == 2                    # timed again after one plain step
+    assert worker.batcher.num_errors == 0
 
 
 def test_worker_survives_proposer_errors(sglang_plugins_loaded, caplog):
-    from specpack.proposers.suffix import SuffixProposer
+    from specpack.proposers.retrieval.suffix import SuffixProposer
     from specpack.sglang_plugins.worker import DraftBatcher
 
     w = 4
@@ -281,3 +405,90 @@ def test_worker_survives_proposer_errors(sglang_plugins_loaded, caplog):
     assert (tokens[w:] == 5).all()                 # the bad one: root + padding only
     bad_mask = mask[w * w:].reshape(w, w)
     assert bad_mask[:, 0].all() and (bad_mask.sum(1) == [1, 2, 2, 2]).all()
+    assert ("bad", False) in prop.released         # rebuilt from its context next step
+
+
+class Exploding(Proposer):
+    """Raises in every hook a host calls; records which were called."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _boom(self, hook):
+        self.calls.append(hook)
+        raise RuntimeError(f"boom in {hook}")
+
+    def propose(self, batch, stop_rule=NO_STOP):
+        self._boom("propose")
+
+    def observe(self, feedback):
+        self._boom("observe")
+
+    def observe_step(self, num_tokens, max_depth, seconds):
+        self._boom("observe_step")
+
+    def release(self, key, finished=True):
+        self._boom("release")
+
+
+def test_proposer_failing_in_every_hook_never_reaches_sglang(build_worker, caplog):
+    w = 5
+    worker = build_worker("SPECPACK_SUFFIX", width=w, wrap=lambda real: Exploding())
+    prop, batcher = worker.batcher.proposer, worker.batcher
+    a, b = make_req("a", [1, 2, 1, 2, 1]), make_req("b", [7, 8])
+
+    def errors_after(step):
+        before = batcher.num_errors
+        step()
+        return batcher.num_errors - before
+
+    with caplog.at_level(logging.ERROR, logger="specpack.sglang"):
+        out = []
+        assert errors_after(lambda: out.append(worker._prepare_draft_tokens(make_batch(a, b)))) > 0
+        ((tokens, mask),) = out
+        assert tokens.tolist() == [1] * w + [8] * w          # root + padding for both
+        for m in mask.reshape(2, w, w):
+            assert m[:, 0].all() and (m.sum(1) == [1] + [2] * (w - 1)).all()
+        assert {"propose", "release"} <= set(prop.calls)
+        del prop.calls[:]
+        assert errors_after(lambda: worker.on_verify_complete_cpu([0, 0], batch_size=2)) == 1
+        assert prop.calls == ["observe"]
+        b.finished_reason = object()                         # b leaves, a steps again (timed)
+        del prop.calls[:]
+        assert errors_after(lambda: worker._prepare_draft_tokens(make_batch(a))) >= 3
+        assert {"observe_step", "release", "propose"} == set(prop.calls)
+        del prop.calls[:]
+        assert errors_after(worker.clear_cache_pool) == 1
+        assert prop.calls == ["release"]
+        assert batcher._live == {}
+        tokens, _ = worker._prepare_draft_tokens(make_batch(a))
+        assert tokens.tolist() == [1] * w
+    records = [r for r in caplog.records if r.name == "specpack.sglang"
+               and r.levelno >= logging.ERROR]
+    assert len(records) == 1 and records[0].exc_info is not None   # logged once, counted after
+    assert "boom in propose" in caplog.text
+
+
+def test_unlayable_draft_costs_only_its_request(sglang_plugins_loaded):
+    """A proposer breaking ``Draft.trusted``'s contract: that request is laid
+    out empty and gets no feedback (it verified none of its draft)."""
+    from specpack.sglang_plugins.worker import DraftBatcher
+
+    class Bad(Proposer):
+        def __init__(self):
+            self.feedback = []
+
+        def propose(self, batch, stop_rule=NO_STOP):
+            return [Draft.trusted(np.array(["x"]), np.array([-1], np.int32))
+                    if v.key == "bad" else Draft.chain([9, 9]) for v in batch]
+
+        def observe(self, feedback):
+            self.feedback += list(feedback)
+
+    w = 4
+    prop = Bad()
+    batcher = DraftBatcher(prop, w, "suffix")
+    tokens, _ = batcher.drafts([make_req("good", [1, 2]), make_req("bad", [3, 4])])
+    assert tokens.tolist() == [2, 9, 9, 2, 4, 4, 4, 4] and batcher.num_errors == 1
+    batcher.verified([2, 0])
+    assert [(f.key, f.drafted, f.accepted) for f in prop.feedback] == [("good", 2, 2)]

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from specpack.protocols import Budget, RequestView
-from specpack.proposers.suffix import SuffixProposer
+from specpack.protocols import NO_STOP, Budget, RequestView
+from specpack.proposers.retrieval.suffix import SuffixProposer
 from specpack.vllm_plugins import SuffixDecoding
 from specpack.vllm_plugins.rows import ContentRowResolver, RunnerRowResolver
 
@@ -227,7 +227,7 @@ def test_runner_mode_releases_request_finished_during_reprefill():
     del runner.requests["a"]                               # aborted before decoding again
     b.req_ids = []
     runner.propose_draft_token_ids([], np.array([], np.int32))
-    assert "a" not in adapter.proposer.states and "a" not in adapter._last_drafted
+    assert "a" not in adapter.proposer.states and adapter.driver.drafted("a") is None
 
 
 def test_runner_ignored_when_it_does_not_own_the_array():
@@ -299,7 +299,7 @@ def test_content_mode_same_prefix_and_suffix_different_middle():
 
 
 class Exploding(SuffixProposer):
-    def propose(self, batch):
+    def propose(self, batch, stop_rule=NO_STOP):
         if any(v.key == "bad" for v in batch):
             raise RuntimeError("boom")
         return super().propose(batch)
@@ -307,7 +307,7 @@ class Exploding(SuffixProposer):
 
 def test_proposer_exception_gives_no_drafts_and_logs_once(caplog):
     adapter = SuffixDecoding(vllm_config())
-    adapter.proposer = Exploding(adapter.proposer.config, max_nodes=K)
+    adapter.driver.proposer = Exploding(adapter.proposer.config, max_nodes=K)
     runner = FakeRunner(adapter)
     runner.load_model()
     b = runner.input_batch

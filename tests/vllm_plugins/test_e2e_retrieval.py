@@ -21,7 +21,7 @@ def few_reference(tiny_model_dir, few_prompts, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def datastore(tmp_path_factory, few_prompts, few_reference):
-    from specpack.proposers.datastore import build_datastore
+    from specpack.proposers.retrieval.corpus_index import build_datastore
 
     docs = [p + r for p, r in zip(few_prompts[1::2], few_reference["token_ids"][1::2])]
     out = tmp_path_factory.mktemp("ds") / "ds"

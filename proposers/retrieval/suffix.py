@@ -1,6 +1,6 @@
 """SuffixDecoding proposer (Oliaro et al., 2024, arXiv:2411.04975).
 
-Two counted suffix tries (:mod:`specpack.proposers.suffix_trie`):
+Two counted suffix tries (:mod:`specpack.proposers.retrieval.suffix_trie`):
 
 * per request, over prompt + output, updated with the tokens committed since
   the previous step in ``O(new_tokens x D)``;
@@ -27,8 +27,8 @@ import numpy as np
 
 from specpack.config import SuffixConfig
 from specpack.draft import Draft
-from specpack.protocols import Budget, Feedback, RequestView
-from specpack.proposers.suffix_trie import SuffixTrie, best_draft
+from specpack.protocols import NO_STOP, Budget, Proposer, RequestView, StopRule
+from specpack.proposers.retrieval.suffix_trie import SuffixTrie, best_draft
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +134,8 @@ class GlobalSuffixCache:
         self.trie = trie
 
 
-class SuffixProposer:
-    """Engine-agnostic SuffixDecoding proposer (implements ``Proposer``)."""
-
-    method = "suffix"
+class SuffixProposer(Proposer):
+    """Engine-agnostic SuffixDecoding proposer."""
 
     def __init__(self, config: SuffixConfig | None = None, *, max_nodes: int = 16):
         self.config = config or SuffixConfig()
@@ -187,11 +185,11 @@ class SuffixProposer:
         if st is not None and finished and st.n_output:
             self.global_cache.add(st.output[: st.n_output])
 
-    def observe(self, feedback: Sequence[Feedback]) -> None:
-        """Suffix drafts do not learn from acceptance; nothing to do."""
+    def num_tracked(self) -> int:
+        return len(self.states)
 
     # ------------------------------------------------------------ drafting
-    def propose(self, batch: Sequence[RequestView]) -> list[Draft]:
+    def propose(self, batch: Sequence[RequestView], stop_rule: StopRule = NO_STOP) -> list[Draft]:
         return [self.propose_one(v) for v in batch]
 
     def propose_one(self, view: RequestView) -> Draft:

@@ -40,7 +40,7 @@ from typing import Iterable
 import numpy as np
 from numba import njit
 
-from specpack.proposers.tree_merge import TokenTrie
+from specpack.token_trie import TokenTrie
 
 FORMAT_VERSION = 1
 SEPARATOR = -1

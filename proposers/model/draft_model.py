@@ -16,10 +16,16 @@ and values are dropped afterwards.
   temperature/top-p; each expanded node gets 1 (chain) or ``tree_width``
   children drawn i.i.d. from ``q``; ``Draft.dists`` carries every ``q`` so
   verification can apply the exact ``min(1, p/q)`` rule.
+
+Every draft also carries ``root_dist`` (the drafter's ``q`` after the
+committed context, a view, no copy) for methods that fuse drafters (RASD).
+Per-request caches are capped by ``max_active_requests`` (least recently
+drafted request evicted; it is re-prefilled if it comes back).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Hashable, Sequence
 
 import numpy as np
@@ -28,8 +34,8 @@ import torch
 from specpack.config import DraftModelConfig
 from specpack.draft import Draft
 from specpack.kernels.sampling import process_logits
-from specpack.protocols import Feedback, RequestView
-from specpack.proposers.lm_cache import CachedLM
+from specpack.hf.kv_cache import CachedLM
+from specpack.protocols import NO_STOP, Proposer, RequestView, StopRule
 
 
 class _Tree:
@@ -66,13 +72,12 @@ class _Tree:
             for node, row in self.rows.items():
                 dists[node + 1] = row.numpy()
         return Draft(np.asarray(self.tokens, np.int32), np.asarray(self.parents, np.int32),
-                     np.asarray(self.probs, np.float32), dists)
+                     np.asarray(self.probs, np.float32), dists,
+                     root_dist=self.rows[-1].numpy())
 
 
-class DraftModelProposer:
-    """Implements ``Proposer`` with a small causal LM."""
-
-    method = "draft_model"
+class DraftModelProposer(Proposer):
+    """Drafts with a small causal LM (see the module docstring)."""
 
     def __init__(self, model, config: DraftModelConfig | None = None, *, max_nodes: int = 8):
         self.config = config or DraftModelConfig(draft_model="<in-memory>")
@@ -81,22 +86,35 @@ class DraftModelProposer:
         self.vocab = int(model.config.vocab_size)
         self.gen = torch.Generator().manual_seed(self.config.seed)
         self._root_logits: dict[Hashable, torch.Tensor] = {}
-        self.root_q: dict[Hashable, torch.Tensor] = {}
+        self._recent: OrderedDict[Hashable, None] = OrderedDict()  # LRU of cached requests
 
     @classmethod
-    def from_config(cls, config: DraftModelConfig, *, max_nodes: int = 8) -> "DraftModelProposer":
-        from transformers import AutoModelForCausalLM
+    def from_config(cls, config: DraftModelConfig, *, max_nodes: int = 8,
+                    draft_lm=None) -> "DraftModelProposer":
+        """Load ``config.draft_model`` (or use the loaded ``draft_lm``)."""
+        if draft_lm is None:
+            from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(config.draft_model, dtype=torch.float32)
-        return cls(model, config, max_nodes=max_nodes)
+            draft_lm = AutoModelForCausalLM.from_pretrained(config.draft_model,
+                                                            dtype=torch.float32)
+        return cls(draft_lm, config, max_nodes=max_nodes)
 
     # ------------------------------------------------------------ state
     def release(self, key: Hashable, finished: bool = True) -> None:
         self.lm.release(key)
         self._root_logits.pop(key, None)
+        self._recent.pop(key, None)
 
-    def observe(self, feedback: Sequence[Feedback]) -> None:
-        """The drafter does not learn from acceptance."""
+    def num_tracked(self) -> int:
+        return len(self._recent)
+
+    def _touch(self, batch: Sequence[RequestView]) -> None:
+        """Mark ``batch`` most recently used; evict beyond ``max_active_requests``."""
+        for v in batch:
+            self._recent[v.key] = None
+            self._recent.move_to_end(v.key)
+        while len(self._recent) > self.config.max_active_requests:
+            self.release(next(iter(self._recent)))
 
     def _sync(self, batch: Sequence[RequestView]) -> list[torch.Tensor]:
         """Bring each draft cache to the committed context; return root logits."""
@@ -131,8 +149,8 @@ class DraftModelProposer:
         return torch.softmax(logits.float(), dim=-1)
 
     # ------------------------------------------------------------ drafting
-    def propose(self, batch: Sequence[RequestView], stop_rule=None) -> list[Draft]:
-        """Draft for ``batch``; ``stop_rule`` (:mod:`specpack.proposers.stopping`)
+    def propose(self, batch: Sequence[RequestView], stop_rule: StopRule = NO_STOP) -> list[Draft]:
+        """Draft for ``batch``; ``stop_rule`` (:mod:`specpack.proposers.policy.stopping`)
         stops a branch before the token it would draw from a distribution the
         rule rejects (adaptive length), and drops nodes it does not admit."""
         if not batch:
@@ -144,8 +162,6 @@ class DraftModelProposer:
         trees = [_Tree(self.vocab, v.temperature > 0) for v in batch]
         frontier: list[list[int]] = [[-1] for _ in batch]
         q_rows: list[dict[int, torch.Tensor]] = [{-1: self._q(lg, v)} for lg, v in zip(root_logits, batch)]
-        #: root distribution of each request of the last call (used by fusion)
-        self.root_q = {v.key: q[-1] for v, q in zip(batch, q_rows)}
         budgets = [min(v.budget.max_nodes, self.max_nodes) for v in batch]
         max_depth = max(v.budget.max_depth for v in batch)
         base = [self.lm.length(v.key) for v in batch]  # == len(context)
@@ -162,7 +178,7 @@ class DraftModelProposer:
                 for u in frontier[b]:
                     q = q_rows[b][u]
                     pu = 1.0 if u < 0 else tree.probs[u]
-                    if stop_rule is not None and stop_rule.stop_before(depth, q, pu):
+                    if stop_rule.stop_before(depth, q, pu):
                         continue
                     if tree.stochastic:
                         picks = torch.multinomial(q, width, replacement=True, generator=self.gen)
@@ -170,7 +186,7 @@ class DraftModelProposer:
                         picks = torch.topk(q, min(width, q.numel())).indices
                     for t in picks.tolist():
                         p = pu * float(q[t])
-                        if stop_rule is None or stop_rule.admits(p) or tree.stochastic:
+                        if stop_rule.admits(p) or tree.stochastic:
                             cands.append((p, t, u))
                 if not tree.stochastic:
                     cands.sort(key=lambda c: -c[0])
@@ -226,4 +242,6 @@ class DraftModelProposer:
         for b, v in enumerate(batch):
             trees[b].rows.update(q_rows[b])
             self.lm.truncate(v.key, base[b])
-        return [t.to_draft() for t in trees]
+        drafts = [t.to_draft() for t in trees]
+        self._touch(batch)
+        return drafts

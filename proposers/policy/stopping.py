@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from specpack.protocols import NO_STOP, StopRule
+
 
 def entropy_nats(q) -> float:
     """Shannon entropy ``-sum q log q`` (nats) of a probability vector (0 log 0 = 0)."""
@@ -45,26 +47,6 @@ def top1(q) -> float:
         return float(q.max()) if q.numel() else 0.0
     q = np.asarray(q)
     return float(q.max()) if q.size else 0.0
-
-
-@dataclass(frozen=True)
-class StopRule:
-    """Base rule: only the length bound."""
-
-    max_length: int = 40
-    needs_distribution = False  # SVIP/confidence read q; cumulative does not
-
-    def stop_before(self, depth: int, q=None, path_prob: float = 1.0) -> bool:
-        """Should the drafter *not* draft a token at ``depth`` (1-based)?
-
-        ``q`` is the distribution that token would be drawn from and
-        ``path_prob`` the product of draft probabilities of its ancestors.
-        """
-        return depth > self.max_length
-
-    def admits(self, path_prob: float) -> bool:
-        """Keep a drafted node whose path probability (incl. itself) is ``path_prob``?"""
-        return True
 
 
 @dataclass(frozen=True)
@@ -115,7 +97,7 @@ def truncate_by_rule(draft, rule: StopRule):
     (children's conditional probabilities), the only ``q`` such drafters have.
     """
     n = len(draft)
-    if n == 0:
+    if n == 0 or rule is NO_STOP:
         return draft
     parents = draft.parents
     probs = draft.probs if draft.probs is not None else np.ones(n, np.float32)

@@ -34,25 +34,44 @@ def _tree_attention_forward(module, query, key, value, attention_mask, dropout=0
     over the padded batch cache when ``specpack_tree`` metadata is passed,
     plain SDPA otherwise. The padded cache ``[B, Hkv, L_max + T_max, D]`` is
     read as a paged cache with page size 1 whose block table maps each
-    request's logical positions (prefix, then tree block) to its rows."""
+    request's logical positions (prefix, then tree block) to its rows. The
+    step is planned once per forward (:func:`_tree_plan`), run per layer."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if specpack_tree is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
-    from specpack.kernels.tree_attention import tree_attention
-
     meta = specpack_tree
     B, Hq, Tm, D = query.shape
     Hkv, S = key.shape[1], key.shape[2]
     q = query.transpose(1, 2).reshape(B * Tm, Hq, D).index_select(0, meta["q_index"])
     kc = key.transpose(1, 2).reshape(B * S, 1, Hkv, D)
     vc = value.transpose(1, 2).reshape(B * S, 1, Hkv, D)
-    out = tree_attention(q, kc, vc, meta["table"], meta["prefix_lens"], meta["cu_tree"],
-                         meta["bits"], scale=scaling, backend=meta["backend"])
+    plan = _tree_plan(meta, Hq, Hkv, D, query.dtype, key.dtype, scaling, query.device)
+    out = plan.run(q, kc, vc)
     full = query.new_zeros(B * Tm, Hq, D)
     full.index_copy_(0, meta["q_index"], out.to(full.dtype))
     return full.view(B, Tm, Hq, D), None
+
+
+def _tree_plan(meta: dict, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype, kv_dtype,
+               scale, device):
+    """The forward's :class:`~specpack.kernels.tree_attention.TreeAttentionPlan`
+    for these shapes, made by the first layer that asks and cached in the
+    per-forward ``meta`` (``meta["plans"]``): FlashInfer plans once per forward
+    and every later layer only runs."""
+    from specpack.kernels.tree_attention import TreeAttentionPlan
+
+    plans = meta.setdefault("plans", {})
+    key = (num_qo_heads, num_kv_heads, head_dim, dtype, kv_dtype, scale)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = TreeAttentionPlan(
+            meta["table"], meta["prefix_lens"], meta["cu_tree"], meta["bits"],
+            num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+            page_size=1, dtype=dtype, kv_dtype=kv_dtype, device=device, scale=scale,
+            backend=meta["backend"])
+    return plan
 
 
 def _register_attention() -> None:
@@ -74,7 +93,8 @@ def _attn_implementation(model, name: str):
 
 
 def _tree_meta(L: list[int], T: list[int], bits: torch.Tensor, backend: str, device) -> dict:
-    """Block table (page size 1) and packed query index for the padded batch."""
+    """Block table (page size 1) and packed query index for the padded batch;
+    ``plans`` is filled by the first layer of the forward (:func:`_tree_plan`)."""
     B, Lm, Tm = len(L), max(L), max(T)
     S = Lm + Tm
     table = np.zeros((B, S), np.int32)
@@ -89,7 +109,7 @@ def _tree_meta(L: list[int], T: list[int], bits: torch.Tensor, backend: str, dev
             "prefix_lens": torch.as_tensor(L, dtype=torch.int32, device=device),
             "cu_tree": torch.as_tensor(np.concatenate([[0], np.cumsum(T)]), dtype=torch.int32,
                                        device=device),
-            "bits": bits.to(device), "backend": backend}
+            "bits": bits.to(device), "backend": backend, "plans": {}}
 
 
 class CachedLM:

@@ -38,7 +38,7 @@ import numpy as np
 
 from specpack.config import TokenRecyclingConfig
 from specpack.draft import Draft
-from specpack.protocols import Feedback, RequestView
+from specpack.protocols import NO_STOP, Proposer, RequestView, StopRule
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,8 @@ def build_template(num_nodes: int, depth: int, k: int):
     return parents, ranks, prior
 
 
-class TokenRecyclingProposer:
-    """Implements ``Proposer``; see the module docstring."""
-
-    method = "token_recycling"
+class TokenRecyclingProposer(Proposer):
+    """Successor table + static template; see the module docstring."""
 
     def __init__(self, config: TokenRecyclingConfig | None = None, *, max_nodes: int = 80):
         self.config = config or TokenRecyclingConfig()
@@ -150,8 +148,8 @@ class TokenRecyclingProposer:
     def release(self, key: Hashable, finished: bool = True) -> None:
         self._seen.pop(key, None)
 
-    def observe(self, feedback: Sequence[Feedback]) -> None:
-        """Learning happens from contexts and target top-k, not acceptance counts."""
+    def num_tracked(self) -> int:
+        return len(self._seen)
 
     def observe_context(self, view: RequestView) -> None:
         """Learn from the request's committed tokens unless target top-k
@@ -172,7 +170,7 @@ class TokenRecyclingProposer:
         while len(self._seen) > self.config.max_active_requests:
             self._seen.pop(next(iter(self._seen)))
 
-    def propose(self, batch: Sequence[RequestView]) -> list[Draft]:
+    def propose(self, batch: Sequence[RequestView], stop_rule: StopRule = NO_STOP) -> list[Draft]:
         out = []
         for v in batch:
             self.observe_context(v)

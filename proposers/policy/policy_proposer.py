@@ -8,14 +8,14 @@ unchanged. Per step it
 
    * ``fixed`` - the same length for everyone;
    * ``svip`` / ``threshold`` / ``cumulative`` - the drafter stops per
-     position (:mod:`specpack.proposers.stopping`); drafters with
+     position (:mod:`specpack.proposers.policy.stopping`); drafters with
      distributions (draft model) apply the rule while drafting, others after
      the fact on their node probabilities;
    * ``acceptance_ema`` - for drafters without probabilities: the cap is
      ``ceil(L) + 1`` with ``L`` the request's exponential moving average of
      accepted length (a fully accepted draft counts one more, so the cap can
      grow);
-   * ``ucb`` / ``exp3`` / ``thompson`` - a bandit (:mod:`specpack.proposers.bandits`)
+   * ``ucb`` / ``exp3`` / ``thompson`` - a bandit (:mod:`specpack.proposers.policy.bandits`)
      over ``arms`` = (proposer config, length), scoped per request, global,
      or ``batch_quota`` (one arm per step for the whole batch; the cost
      model picks which requests speculate). Reward = emitted tokens per
@@ -24,7 +24,7 @@ unchanged. Per step it
      paid for;
 
 2. with ``auto_off``, trims those caps with the goodput-greedy rule of
-   :mod:`specpack.proposers.cost_model` (per-request acceptance rates from
+   :mod:`specpack.proposers.policy.cost_model` (per-request acceptance rates from
    an exponentially weighted success/failure count with a Beta(1, 1) prior
    shrunk to the batch-wide rate), which turns speculation off per request
    or for the whole batch when it does not pay;
@@ -44,19 +44,18 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
-from specpack.config import BANDIT_KINDS, ConfigError, MethodConfig, PolicyConfig, parse_method_config
+from specpack.config import BANDIT_KINDS, MethodConfig, PolicyConfig, parse_method_config
 from specpack.draft import Draft
-from specpack.protocols import Budget, Feedback, RequestView
-from specpack.proposers.bandits import BANDITS, Bandit, RewardScale
-from specpack.proposers.cost_model import StepCostModel, choose_draft_lengths
-from specpack.proposers.stopping import (ConfidenceRule, CumulativeRule, StopRule, SVIPRule,
-                                         truncate_by_rule)
+from specpack.methods import method as method_spec
+from specpack.protocols import NO_STOP, Budget, Feedback, Proposer, RequestView, StopRule
+from specpack.proposers.policy.bandits import BANDITS, Bandit, RewardScale
+from specpack.proposers.policy.cost_model import StepCostModel, choose_draft_lengths
+from specpack.proposers.policy.stopping import (ConfidenceRule, CumulativeRule, SVIPRule,
+                                                truncate_by_rule)
+from specpack.registry import check_policy
 
-#: methods whose drafts carry per-position draft distributions
-DISTRIBUTION_METHODS = ("draft_model", "rasd")
 
-
-def make_rule(cfg: PolicyConfig, cap: int) -> StopRule | None:
+def make_rule(cfg: PolicyConfig, cap: int) -> StopRule:
     length = min(cfg.max_length, cap)
     if cfg.kind == "svip":
         return SVIPRule(max_length=length, gamma=cfg.svip_gamma, h=cfg.svip_h)
@@ -64,7 +63,7 @@ def make_rule(cfg: PolicyConfig, cap: int) -> StopRule | None:
         return ConfidenceRule(max_length=length, threshold=cfg.threshold)
     if cfg.kind == "cumulative":
         return CumulativeRule(max_length=length, threshold=cfg.cumulative_threshold)
-    return None
+    return NO_STOP
 
 
 @dataclass
@@ -77,20 +76,20 @@ class _ReqState:
     bandit: Bandit | None = None
 
 
-class PolicyProposer:
-    """A policy over one or more proposers; implements ``Proposer``."""
-
-    method = "policy"
+class PolicyProposer(Proposer):
+    """A policy over one or more proposers, itself a proposer."""
 
     def __init__(self, cfg: PolicyConfig, base: MethodConfig, *, max_nodes: int,
                  build: Callable[[MethodConfig, int], Any], where: str = "specpack policy"):
+        check_policy(cfg, base, max_nodes, where)
         self.cfg = cfg
         self.max_nodes = max_nodes
         self.config = base
         self._where = where
         # one proposer per distinct proposer config
-        self.proposers: list[Any] = []
-        self.proposer_methods: list[str] = []
+        self.proposers: list[Proposer] = []
+        #: per proposer: does it apply stop rules while drafting (draft distributions)?
+        self.applies_rule: list[bool] = []
         keys: dict[str, int] = {}
 
         def proposer_for(mc: MethodConfig, nodes: int) -> int:
@@ -98,7 +97,7 @@ class PolicyProposer:
             if k not in keys:
                 keys[k] = len(self.proposers)
                 self.proposers.append(build(mc, nodes))
-                self.proposer_methods.append(mc.method)
+                self.applies_rule.append(method_spec(mc.method).draft_distributions)
             return keys[k]
 
         if cfg.kind in BANDIT_KINDS:
@@ -106,24 +105,11 @@ class PolicyProposer:
             for i, arm in enumerate(cfg.arms):
                 mc = base if arm.proposer is None else parse_method_config(
                     arm.proposer, where=f"{where}: arms[{i}].proposer")
-                if arm.num_tokens > max_nodes:
-                    raise ConfigError(
-                        f"{where}: arms[{i}].num_tokens = {arm.num_tokens} exceeds the engine's "
-                        f"number of speculative tokens ({max_nodes}); allowed: 1..{max_nodes}")
                 self.arms.append((proposer_for(mc, max_nodes), arm.num_tokens))
         else:
             n = cfg.num_tokens or max_nodes
-            if cfg.kind == "fixed" and n > max_nodes:
-                raise ConfigError(
-                    f"{where}: field 'num_tokens' = {n} exceeds the engine's number of "
-                    f"speculative tokens ({max_nodes}); allowed: 1..{max_nodes}")
             self.arms = [(proposer_for(base, max_nodes), min(n, max_nodes))]
         self.rule = make_rule(cfg, max_nodes)
-        if cfg.kind == "svip" and base.method not in DISTRIBUTION_METHODS:
-            raise ConfigError(
-                f"{where}: policy kind 'svip' needs a drafter with draft distributions "
-                f"({', '.join(DISTRIBUTION_METHODS)}); method {base.method!r} has none - use "
-                "'acceptance_ema', 'cumulative' or a bandit")
         self._rng = np.random.default_rng(cfg.seed)
         self._global: Bandit | None = None
         if cfg.kind in BANDIT_KINDS and cfg.scope != "request":
@@ -191,7 +177,9 @@ class PolicyProposer:
         return arm, min(cap, view.budget.max_nodes)
 
     # ------------------------------------------------------------ Proposer
-    def propose(self, batch: Sequence[RequestView]) -> list[Draft]:
+    def propose(self, batch: Sequence[RequestView], stop_rule: StopRule = NO_STOP) -> list[Draft]:
+        """Drafts under the policy's budgets and its own stop rule
+        (``stop_rule`` from a host is not used: the policy is the rule)."""
         if not batch:
             return []
         self.steps += 1
@@ -222,13 +210,9 @@ class PolicyProposer:
             views = [replace(batch[i], budget=Budget(lengths[i], min(lengths[i],
                                                                      batch[i].budget.max_depth)))
                      for i in rows]
-            uses_q = self.proposer_methods[p] in DISTRIBUTION_METHODS
-            if self.rule is not None and uses_q:
-                out = proposer.propose(views, stop_rule=self.rule)
-            else:
-                out = proposer.propose(views)
+            out = proposer.propose(views, stop_rule=self.rule)
             for i, d in zip(rows, out):
-                if self.rule is not None and not uses_q:
+                if not self.applies_rule[p]:
                     d = truncate_by_rule(d, self.rule)
                 drafts[i] = d.truncated(lengths[i], batch[i].budget.max_depth)
         for st, d in zip(states, drafts):
@@ -276,8 +260,14 @@ class PolicyProposer:
 
     def observe_target_topk(self, tokens, topk) -> None:
         for p in self.proposers:
-            if hasattr(p, "observe_target_topk"):
-                p.observe_target_topk(tokens, topk)
+            p.observe_target_topk(tokens, topk)
+
+    def attach_target(self, model) -> None:
+        for p in self.proposers:
+            p.attach_target(model)
+
+    def num_tracked(self) -> int:
+        return max([len(self._states)] + [p.num_tracked() for p in self.proposers])
 
     def observe_step(self, num_tokens: int, max_depth: int, seconds: float) -> None:
         """Measured wall time of one engine step that verified ``num_tokens``."""
@@ -290,7 +280,7 @@ class PolicyProposer:
 
     # ------------------------------------------------------------ reports
     def describe(self) -> dict:
-        out = {"kind": self.cfg.kind, "steps": self.steps, "spec_off_steps": self.spec_off_steps,
+        out = {"method": self.config.model_dump(), "kind": self.cfg.kind, "steps": self.steps, "spec_off_steps": self.spec_off_steps,
                "cost_coef": [float(x) for x in self.cost.coef]}
         bandit = self._global
         if bandit is not None:

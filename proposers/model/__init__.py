@@ -1,0 +1,1 @@
+"""Model drafters: a draft language model proposes chains or trees."""
