@@ -181,7 +181,8 @@ class TreeAttentionPlan:
         return wrapper
 
     def run(self, q, k_cache, v_cache) -> torch.Tensor:
-        """One layer: ``q`` ``[N, Hq, D]``, caches ``[pages, page_size, Hkv, D]`` -> ``[N, Hq, D]``."""
+        """One layer: ``q`` ``[N, Hq, D]``, caches ``[pages, page_size, Hkv, D]``;
+        returns ``[N, Hq, D]``."""
         want_q = (self.num_qo_heads, self.head_dim)
         want_kv = (self.page_size, self.num_kv_heads, self.head_dim)
         if (q.dim() != 3 or tuple(q.shape[1:]) != want_q or k_cache.dim() != 4

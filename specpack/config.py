@@ -48,8 +48,10 @@ class MethodConfig(BaseModel):
     max_active_requests: int = Field(
         4096,
         ge=1,
-        description="Cap on per-request proposer states kept at once; the least "
-        "recently used state is evicted beyond it.",
+        description="Cap on per-request proposer states kept at once (suffix tries, "
+        "draft KV caches, ...; composite methods pass it to their sources); the least "
+        "recently used state is evicted beyond it and rebuilt from the context if the "
+        "request comes back.",
     )
 
 
@@ -275,7 +277,8 @@ class PolicyConfig(BaseModel):
                            "auto_off so the step-cost fit keeps seeing long drafts.")
     seed: int = Field(0, description="Seed of the bandits' randomness.")
     max_tracked_requests: int = Field(4096, ge=1, description="Cap on per-request policy "
-                                      "states (least recently used evicted).")
+                                      "states, least recently used evicted (the method's "
+                                      "max_active_requests caps them too).")
 
     def model_post_init(self, __context) -> None:
         if self.kind in BANDIT_KINDS and len(self.arms) < 2:
@@ -401,8 +404,12 @@ def nested_configs(cfg: MethodConfig) -> list[tuple[str, Any]]:
 
 
 def nested_method_config(cfg: MethodConfig, field: str, where: str) -> MethodConfig:
-    """Validate one sub-proposer's settings of a composite method."""
+    """Validate one sub-proposer's settings of a composite method.
+
+    The composite's ``max_active_requests`` caps its sub-proposers too,
+    unless their own settings set one."""
     raw = dict(getattr(cfg, field) or {})
+    raw.setdefault("max_active_requests", cfg.max_active_requests)
     sub_where = f"{where}: {field}"
     if isinstance(cfg, CascadeConfig):
         method = {"suffix": "suffix", "datastore": "datastore",

@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ["specpack", "specpack.proposers", "specpack.kernels", "specpack.vllm_plugins", "specpack.hf", "specpack.bench", "specpack.models",
-            "specpack.sglang_plugins", "specpack.testing"]
+PACKAGES = ["specpack", "specpack.proposers", "specpack.proposers.retrieval",
+            "specpack.proposers.model", "specpack.proposers.fusion", "specpack.proposers.policy",
+            "specpack.proposers.self_spec", "specpack.kernels", "specpack.vllm_plugins",
+            "specpack.hf", "specpack.bench", "specpack.models", "specpack.sglang_plugins",
+            "specpack.testing"]
 
 
 def test_wheel_layout(tmp_path):
@@ -40,3 +43,23 @@ def test_wheel_layout(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+def test_transformers_floor_is_declared_and_checked():
+    """pyproject's floor is the one ``specpack.hf`` checks at import (4.56:
+    ``from_pretrained(dtype=)`` and ``Cache.layers``)."""
+    import re
+    import tomllib
+
+    import pytest
+
+    from specpack.hf import MIN_TRANSFORMERS, check_transformers
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {re.fullmatch(r"transformers>=(\d+)\.(\d+)", d).groups()
+              for extra in ("hf", "test") for d in meta["optional-dependencies"][extra]
+              if d.startswith("transformers")}
+    assert floors == {tuple(map(str, MIN_TRANSFORMERS))}
+    check_transformers("4.56.0")
+    with pytest.raises(ImportError, match="transformers >= 4.56, found 4.55.2"):
+        check_transformers("4.55.2")

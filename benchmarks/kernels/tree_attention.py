@@ -7,7 +7,11 @@ For every available backend (torch SDPA reference with a dense mask, Triton,
 FlashInfer if importable) it first checks the output against the reference
 on a mixed batch (GQA, ragged trees, page-crossing prefixes), then times
 each backend over batch x prefix x tree nodes and prints one markdown table
-with times and ratios to the reference measured in the same run. Setup:
+with times and ratios to the reference measured in the same run. As in a
+model forward, each backend is planned once per step
+(:class:`TreeAttentionPlan`) and the table gives the per-layer ``run`` time
+(ratio to the reference's) and, separately, the per-step plan time (for
+FlashInfer: page metadata, custom mask and ``plan()``). Setup:
 Hq=32, Hkv=8, head_dim=128, page size 16, random trees (each node's parent
 uniform over earlier nodes), KV pages shuffled. Designed to finish in under
 8 minutes on one GPU with only torch + Triton installed.
@@ -23,7 +27,8 @@ import numpy as np
 import torch
 
 from specpack.draft import Draft
-from specpack.kernels.tree_attention import available_backends, tree_attention
+from specpack.kernels.tree_attention import (TreeAttentionPlan, available_backends,
+                                             tree_attention)
 from specpack.kernels.tree_mask import build_tree_batch
 
 
@@ -43,6 +48,13 @@ def make_batch(rng, batch, prefix, nodes, Hq, Hkv, D, page_size, dtype, device):
     v = torch.randn(total, page_size, Hkv, D, dtype=dtype, device=device)
     q = torch.randn(batch * nodes, Hq, D, dtype=dtype, device=device)
     return q, k, v, table.to(device), P.to(device), tb.cu_tree.to(device), tb.bits.to(device)
+
+
+def make_plan(args, backend):
+    q, k, _, table, P, cu, bits = args
+    return TreeAttentionPlan(table, P, cu, bits, num_qo_heads=q.shape[1], num_kv_heads=k.shape[2],
+                             head_dim=q.shape[2], page_size=k.shape[1], dtype=q.dtype,
+                             device=q.device, backend=backend)
 
 
 def timed(fn, device, reps):
@@ -98,15 +110,19 @@ def main() -> None:
 
     cols = [b for b in backends if b != "torch"]
     print("\n| batch | prefix | nodes | torch SDPA ms | " + " | ".join(
-        f"{b} ms | {b} x" for b in cols) + " |")
-    print("|" + "---|" * (4 + 2 * len(cols)))
+        f"{b} ms | {b} x | {b} plan ms" for b in cols) + " |")
+    print("|" + "---|" * (4 + 3 * len(cols)))
     for batch, prefix, nodes in grid:
         args = make_batch(rng, batch, prefix, nodes, Hq, Hkv, D, ps, dtype, device)
-        t_ref = timed(lambda: tree_attention(*args, backend="torch"), device, reps)
+        qkv = args[:3]
+        ref_plan = make_plan(args, "torch")
+        t_ref = timed(lambda: ref_plan.run(*qkv), device, reps)
         cells = []
         for b_name in cols:
-            t = timed(lambda: tree_attention(*args, backend=b_name), device, reps)
-            cells += [f"{t * 1e3:.3f}", f"{t_ref / t:.1f}"]
+            plan = make_plan(args, b_name)
+            t = timed(lambda: plan.run(*qkv), device, reps)
+            t_plan = timed(lambda: make_plan(args, b_name), device, reps)
+            cells += [f"{t * 1e3:.3f}", f"{t_ref / t:.1f}", f"{t_plan * 1e3:.3f}"]
         print(f"| {batch} | {prefix} | {nodes} | {t_ref * 1e3:.3f} | " + " | ".join(cells) + " |",
               flush=True)
 

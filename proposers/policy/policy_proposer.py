@@ -85,6 +85,8 @@ class PolicyProposer(Proposer):
         self.cfg = cfg
         self.max_nodes = max_nodes
         self.config = base
+        #: per-request policy states kept: the policy's cap and the method's
+        self.max_tracked = min(cfg.max_tracked_requests, base.max_active_requests)
         self._where = where
         # one proposer per distinct proposer config
         self.proposers: list[Proposer] = []
@@ -141,7 +143,7 @@ class PolicyProposer(Proposer):
             if self.cfg.kind in BANDIT_KINDS and self.cfg.scope == "request":
                 st.bandit = self._new_bandit(len(self._states) + self.steps)
             self._states[key] = st
-            while len(self._states) > self.cfg.max_tracked_requests:
+            while len(self._states) > self.max_tracked:
                 self._states.popitem(last=False)
         else:
             self._states.move_to_end(key)

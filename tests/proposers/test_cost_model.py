@@ -56,12 +56,31 @@ def test_lengths_respect_caps_and_zero_alpha():
 
 
 def test_depth_cost_is_shared_by_the_batch():
-    """A drafter pass (c) that is too dear for one request pays for many."""
-    m = fitted(0.004, 0.0001, 0.002)
-    one = choose_draft_lengths([0.9], [4], m)
-    many = choose_draft_lengths([0.9] * 16, [4] * 16, m)
+    """The drafter pass (c) is charged once per depth for the whole batch: a
+    request for which it is too dear on its own drafts, at marginal cost b,
+    once the batch pays for that depth.
+
+    Equal acceptance rates cannot show this: depth 1 pays for n requests of
+    rate alpha iff n alpha / (n b + c) > n / (a + n b), i.e.
+    c < alpha a - (1 - alpha) n b, a bound that only falls as n grows (the
+    intercept a is shared by the batch too). So the batch here is 15 strong
+    requests and the weak one."""
+    m = fitted(0.004, 0.0001, 0.003)
+    a, b, c = m.coef
+    weak, strong, n = 0.6, 0.95, 16
+    # alone, depth 1 lowers goodput: weak (a + b) < b + c
+    assert (1 + weak) / (a + 2 * b + c) < 1 / (a + b)
+    assert choose_draft_lengths([weak], [4], m) == [0]
+    # in the batch the strong requests pay c for depth 1 ...
+    g0 = n / (a + n * b)
+    g_strong = (n + (n - 1) * strong) / (a + n * b + c + (n - 1) * b)
+    assert g_strong > g0
+    # ... and the weak request's token, costing only b, raises goodput further
+    assert weak / b > g_strong
+    # (charged c per drafting request instead, depth 1 would not pay at all)
+    assert (n + (n - 1) * strong + weak) / (a + 2 * n * b + n * c) < g0
+    many = choose_draft_lengths([strong] * (n - 1) + [weak], [4] * n, m)
     assert min(many) >= 1
-    assert one[0] <= min(many) or one[0] >= 1
 
 
 def test_greedy_choice_maximises_goodput_against_brute_force():
