@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             stop(proc)
     base, spec = results["none"], results[a.algorithm]
     same = [x == y for x, y in zip(base["outputs"], spec["outputs"])]
-    print(f"| method | tau | tokens/s | x vs none | greedy match |\n|---|---|---|---|---|")
+    print("| method | tau | tokens/s | x vs none | greedy match |\n|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['tau']:.2f} | {r['tokens_per_s']:.1f} | "
               f"{r['tokens_per_s'] / base['tokens_per_s']:.2f} | "

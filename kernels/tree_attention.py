@@ -203,13 +203,6 @@ class TreeAttentionPlan:
 
 
 # --------------------------------------------------------------------- reference
-def gather_kv(cache: torch.Tensor, table_row: torch.Tensor, n: int) -> torch.Tensor:
-    """Tokens ``0..n-1`` of one request from a paged cache -> ``[n, Hkv, D]``."""
-    page_size = cache.shape[1]
-    pos = torch.arange(n, device=cache.device)
-    return cache[table_row[pos // page_size].long(), pos % page_size]
-
-
 def reference_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
                              scale: float | None = None) -> torch.Tensor:
     """torch SDPA with a dense boolean mask over the whole (padded) batch.

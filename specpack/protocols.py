@@ -145,8 +145,3 @@ class Proposer:
         """Settings and counters for logs and reports."""
         cfg = self.config
         return {} if cfg is None else cfg.model_dump()
-
-
-def as_context(tokens) -> np.ndarray:
-    """Contiguous int32 view/copy of a token sequence."""
-    return np.ascontiguousarray(tokens, dtype=np.int32).reshape(-1)

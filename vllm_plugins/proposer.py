@@ -24,7 +24,7 @@ import logging
 import sys
 from typing import Any, ClassVar
 
-from specpack.config import ConfigError, json_object
+from specpack.config import json_object
 from specpack.methods import METHODS, vllm_classes
 from specpack.protocols import Budget, RequestView
 from specpack.registry import build_pipeline

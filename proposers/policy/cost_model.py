@@ -21,8 +21,6 @@ near-certain tokens do; when none do, the step runs without speculation
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 
 

@@ -87,7 +87,6 @@ class PolicyProposer(Proposer):
         self.config = base
         #: per-request policy states kept: the policy's cap and the method's
         self.max_tracked = min(cfg.max_tracked_requests, base.max_active_requests)
-        self._where = where
         # one proposer per distinct proposer config
         self.proposers: list[Proposer] = []
         #: per proposer: does it apply stop rules while drafting (draft distributions)?
@@ -124,7 +123,6 @@ class PolicyProposer(Proposer):
         self._step_arm = -1
         self.steps = 0
         self.spec_off_steps = 0
-        self.last_lengths: list[int] = []
 
     # ------------------------------------------------------------ helpers
     def _new_bandit(self, salt: int) -> Bandit:
@@ -198,7 +196,6 @@ class PolicyProposer(Proposer):
             lengths = caps
         if caps and any(caps) and not any(lengths):
             self.spec_off_steps += 1
-        self.last_lengths = lengths
         drafts: list[Draft | None] = [None] * len(batch)
         groups: dict[int, list[int]] = {}
         for i, ((arm, _), n) in enumerate(zip(picks, lengths)):

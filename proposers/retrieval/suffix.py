@@ -243,7 +243,3 @@ class SuffixProposer(Proposer):
                                        self.config.suffix_decoding_min_token_prob,
                                        *s.out_global, *s.tmp, *s.cand)
         return (int(n), float(score)), (int(gn), float(gscore))
-
-    # ------------------------------------------------------------ introspection
-    def memory_bytes(self) -> int:
-        return self.global_cache.trie.nbytes + sum(st.trie.nbytes for st in self.states.values())

@@ -82,11 +82,6 @@ def split_method(name: str) -> tuple[str, str | None]:
 class Method:
     name: str
     builtin: bool
-    needs_draft: bool
-
-    @property
-    def is_none(self) -> bool:
-        return self.name == "none"
 
     @property
     def base(self) -> str:
@@ -126,7 +121,7 @@ def parse_methods(text: str, engine: str, draft: str | None,
     # always measure against the engine alone and its applicable built-ins
     must = ["none"] + [b for b in BUILTINS[engine] if draft or not b.endswith("draft_model")]
     ordered = must + [n for n in names if n not in must]
-    return [Method(n, n in BUILTINS[engine], split_method(n)[0] in NEEDS_DRAFT)
+    return [Method(n, n in BUILTINS[engine])
             for n in ordered]
 
 
