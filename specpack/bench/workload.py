@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from specpack.config import ConfigError, json_object
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "workloads"
 
@@ -32,11 +33,9 @@ def load_workload(path: str | Path) -> list[Request]:
                 continue
             where = f"{path}:{n}"
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WorkloadError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise WorkloadError(f"{where}: expected a JSON object per line")
+                obj = json_object(line, where)
+            except ConfigError as e:
+                raise WorkloadError(f"{e} (one JSON object per line)") from None
             cat, prompt, mnt = obj.get("category"), obj.get("prompt"), obj.get("max_new_tokens")
             if not isinstance(cat, str) or not cat:
                 raise WorkloadError(f"{where}: field 'category' must be a non-empty string")

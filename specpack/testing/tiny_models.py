@@ -170,3 +170,17 @@ def tiny_vocab_llama(vocab_size: int = 6, *, seed: int = 0, hidden_size: int = 6
                          tie_word_embeddings=False)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).to(torch.float32).eval()
+
+
+def random_prompts(seed: int, n: int, *, repeat_every: int = 2, min_len: int = 2,
+                   max_len: int = 25, vocab: tuple[int, int] = (3, 500)) -> list[list[int]]:
+    """``n`` random token-id prompts; every ``repeat_every``-th one is a random
+    span repeated three times, so retrieval drafts get accepted on it."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = rng.integers(*vocab, size=int(rng.integers(min_len, max_len))).tolist()
+        out.append(p * 3 if i % repeat_every == 0 else p)
+    return out

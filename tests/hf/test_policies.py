@@ -5,14 +5,13 @@ equal plain decoding exactly, for the suffix proposer and the draft model,
 with auto-off on and off.
 """
 
-import numpy as np
 import pytest
-import torch
 
 from specpack.hf import generate
 from specpack.methods import loaded_draft_builder
 from specpack.proposers.model.draft_model import DraftModelProposer
 from specpack.registry import build_pipeline
+from specpack.testing.tiny_models import random_prompts
 
 MAX_NEW = 32
 ARMS = [{"num_tokens": 2}, {"num_tokens": 6}]
@@ -36,20 +35,8 @@ DRAFT_POLICIES = [
 
 
 @pytest.fixture(scope="module")
-def target(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
 def prompts():
-    rng = np.random.default_rng(5)
-    out = []
-    for i in range(10):
-        p = rng.integers(3, 500, size=int(rng.integers(2, 25))).tolist()
-        out.append(p * 3 if i % 2 == 0 else p)
-    return out
+    return random_prompts(5, 10)
 
 
 @pytest.fixture(scope="module")

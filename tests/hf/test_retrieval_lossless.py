@@ -1,32 +1,19 @@
 """Greedy losslessness of the retrieval family on the reference runtime."""
 
-import numpy as np
 import pytest
-import torch
 
 from specpack.hf import generate
 from specpack.proposers.retrieval.corpus_index import build_datastore
 from specpack.methods import loaded_draft_builder
 from specpack.registry import build_pipeline
+from specpack.testing.tiny_models import random_prompts
 
 MAX_NEW = 32
 
 
 @pytest.fixture(scope="module")
-def target(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
 def prompts():
-    rng = np.random.default_rng(9)
-    out = []
-    for i in range(8):
-        p = rng.integers(3, 500, size=int(rng.integers(2, 25))).tolist()
-        out.append(p * 3 if i % 2 == 0 else p)
-    return out
+    return random_prompts(9, 8)
 
 
 @pytest.fixture(scope="module")
