@@ -273,8 +273,9 @@ class PolicyConfig(BaseModel):
     exp3_forget: float = Field(0.995, gt=0.0, le=1.0, description="EXP3 weight discount per update.")
     auto_off: bool = Field(True, description="Batch-aware cost model: draft only the tokens "
                            "whose expected acceptance pays for their verification cost.")
-    explore: float = Field(0.05, ge=0.0, le=1.0, description="Share of steps that ignore "
-                           "auto_off so the step-cost fit keeps seeing long drafts.")
+    explore: float = Field(0.05, ge=0.0, le=1.0, description="Share of steps in which one "
+                           "request keeps its whole draft despite auto_off, so the step-cost "
+                           "fit and the acceptance calibration keep seeing long drafts.")
     seed: int = Field(0, description="Seed of the bandits' randomness.")
     max_tracked_requests: int = Field(4096, ge=1, description="Cap on per-request policy "
                                       "states, least recently used evicted (the method's "

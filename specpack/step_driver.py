@@ -33,12 +33,19 @@ One speculative step of a host, whatever the engine::
 A host keeps only what is its own: vLLM maps batch rows to requests and
 hands chains over; SGLang lays trees out for its verifier; the reference
 runtime verifies and commits KV.
+
+Every driver also counts what was decided (:meth:`StepDriver.stats`: steps,
+request-steps, drafted nodes, steps where nothing was drafted although the
+budget allowed it) and the live drivers of a process are listed by
+:func:`live_drivers`, so an in-process benchmark can report the decisions
+of any method next to the engine's own counters.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from specpack.draft import Draft
@@ -70,8 +77,18 @@ def propose_isolated(proposer: Proposer, views: Sequence[RequestView],
     return out
 
 
+_LIVE: "weakref.WeakSet[StepDriver]" = weakref.WeakSet()
+
+
+def live_drivers() -> list["StepDriver"]:
+    """The step drivers alive in this process (oldest first)."""
+    return sorted(_LIVE, key=lambda d: d._serial)
+
+
 class StepDriver:
     """Drives one proposer through an engine's steps (see module docstring)."""
+
+    _count = 0
 
     def __init__(self, proposer: Proposer, *, name: str, logger: logging.Logger,
                  raise_errors: bool = False):
@@ -85,6 +102,11 @@ class StepDriver:
         self.errors = 0
         self._drafted: dict[Hashable, int] = {}    # drafted nodes per key, last step
         self._prev: tuple[int, int, float] | None = None
+        # decisions: steps, request-steps, drafted nodes, steps with budget but no draft
+        self._counts = {"steps": 0, "request_steps": 0, "drafted": 0, "off_steps": 0}
+        StepDriver._count += 1
+        self._serial = StepDriver._count
+        _LIVE.add(self)
 
     # ------------------------------------------------------------ errors
     def failed(self, where: str) -> None:
@@ -153,6 +175,13 @@ class StepDriver:
                 except Exception:
                     self.failed(f"draft of request {views[i].key!r}")
         self._drafted = {v.key: len(d) for v, d in zip(views, drafts)}
+        if views:
+            n = sum(len(d) for d in drafts)
+            c = self._counts
+            c["steps"] += 1
+            c["request_steps"] += len(views)
+            c["drafted"] += n
+            c["off_steps"] += int(n == 0 and bool(asked))
         self._prev = (len(views) + other_rows + sum(len(d) for d in drafts),
                       max((d.max_depth for d in drafts), default=0), now)
         return drafts
@@ -179,3 +208,14 @@ class StepDriver:
         except Exception:
             self.failed("describe")
             return {}
+
+    def stats(self) -> dict:
+        """Counters of what was decided so far (cumulative), plus the proposer's
+        own report (a policy adds its arm picks): ``mean_draft_len`` = drafted
+        nodes per request-step, ``off_share`` = steps that drafted nothing
+        although some request had a budget."""
+        c = dict(self._counts, errors=self.errors, name=self.name)
+        c["mean_draft_len"] = c["drafted"] / c["request_steps"] if c["request_steps"] else 0.0
+        c["off_share"] = c["off_steps"] / c["steps"] if c["steps"] else 0.0
+        c["proposer"] = self.describe()
+        return c

@@ -107,3 +107,100 @@ def choose_draft_lengths(alphas, caps, model: StepCostModel | None) -> list[int]
         t += c + b * best_k
         active = [r for r in chosen if caps[r] > depth]
     return out
+
+
+class AcceptanceCalibration:
+    """``P(draft node accepted | the drafter's path probability p)``, learned online.
+
+    Every drafter scores its nodes (suffix/datastore counts, Token
+    Recycling's rank prior, the draft model's ``prod q``), but the scores are
+    not probabilities of acceptance: retrieval counts are over-confident on
+    text the corpus has not seen, rank priors are not probabilities at all.
+    Nodes are binned by ``p`` (edges :attr:`EDGES`); each bin keeps
+    exponentially discounted counts of nodes drafted and nodes accepted
+    (node ``j`` of a verified path counts as accepted when the first ``j``
+    were), and the estimate is shrunk to the drafter's own score::
+
+        value(p) = (accepted_bin + m * p) / (drafted_bin + m),   m = prior_weight
+
+    so an uncalibrated drafter starts from its own numbers and moves to the
+    observed rates as evidence accrues. Values along a path are made
+    non-increasing (a node cannot be more likely accepted than its parent).
+    """
+
+    EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95,
+                      1.0 + 1e-9])
+
+    def __init__(self, prior_weight: float = 2.0, forget: float = 0.999):
+        self.m = prior_weight
+        self.forget = forget
+        self.drafted = np.zeros(self.EDGES.size - 1)
+        self.accepted = np.zeros(self.EDGES.size - 1)
+
+    def _bins(self, p: np.ndarray) -> np.ndarray:
+        return np.clip(np.searchsorted(self.EDGES, p, side="right") - 1, 0, self.drafted.size - 1)
+
+    def value(self, path_probs) -> np.ndarray:
+        """Calibrated acceptance probability of each node of one path, in order."""
+        p = np.clip(np.asarray(path_probs, np.float64), 0.0, 1.0)
+        if p.size == 0:
+            return p
+        b = self._bins(p)
+        v = (self.accepted[b] + self.m * p) / (self.drafted[b] + self.m)
+        return np.minimum.accumulate(v)
+
+    def node_values(self, draft) -> np.ndarray:
+        """Calibrated value of every node of a draft tree (parents first), made
+        non-increasing from parent to child; None probabilities -> None."""
+        if draft.probs is None:
+            return None
+        p = np.clip(np.asarray(draft.probs, np.float64), 0.0, 1.0)
+        b = self._bins(p)
+        v = (self.accepted[b] + self.m * p) / (self.drafted[b] + self.m)
+        for i, par in enumerate(draft.parents.tolist()):
+            if par >= 0 and v[par] < v[i]:
+                v[i] = v[par]
+        return v
+
+    def update(self, path_probs, accepted: int) -> None:
+        """One verified path: its nodes' scores and how many were accepted."""
+        p = np.clip(np.asarray(path_probs, np.float64), 0.0, 1.0)
+        if p.size == 0:
+            return
+        self.drafted *= self.forget
+        self.accepted *= self.forget
+        b = self._bins(p)
+        np.add.at(self.drafted, b, 1.0)
+        np.add.at(self.accepted, b[: max(0, min(int(accepted), p.size))], 1.0)
+
+
+def trim_to_goodput(values: list[np.ndarray], model: StepCostModel,
+                    depth_drafted: int = 0) -> list[int]:
+    """How many nodes of each request's draft to verify (after drafting).
+
+    ``values[r][i]`` is the expected number of tokens node ``i`` of request
+    ``r`` yields (its acceptance probability; non-increasing from parent to
+    child). Drafting is done, so its cost is sunk: the step already costs
+    ``T = a + b n + c D`` for ``n`` requests and drafts ``D`` deep, and
+    yields ``E = n`` tokens for sure. Verifying one more node costs ``b`` and
+    yields its value ``v``; it raises goodput ``E / T`` iff ``v / b > E / T``.
+    Taking nodes in decreasing value while that holds maximises ``E / T``
+    (uniform costs: the optimal set is a top-value prefix, and parents come
+    before their children because values do not increase along a path).
+    Returns the number of nodes kept per request (the top values of each).
+    """
+    a, b, c = (float(x) for x in model.coef)
+    n = len(values)
+    e, t = float(n), a + b * n + c * depth_drafted
+    if b <= 0:
+        return [len(v) for v in values]
+    order = sorted(((float(v), r, i) for r, vals in enumerate(values)
+                    for i, v in enumerate(vals)), key=lambda x: (-x[0], x[2]))
+    keep = [0] * n
+    for v, r, i in order:
+        if v <= 0 or v * t <= b * e:
+            break
+        e += v
+        t += b
+        keep[r] += 1
+    return keep

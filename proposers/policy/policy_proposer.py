@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
+import os
+from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Hashable, Sequence
 
@@ -49,10 +50,15 @@ from specpack.draft import Draft
 from specpack.methods import method as method_spec
 from specpack.protocols import NO_STOP, Budget, Feedback, Proposer, RequestView, StopRule
 from specpack.proposers.policy.bandits import BANDITS, Bandit, RewardScale
-from specpack.proposers.policy.cost_model import StepCostModel, choose_draft_lengths
+from specpack.proposers.policy.cost_model import (AcceptanceCalibration, StepCostModel,
+                                                  choose_draft_lengths, trim_to_goodput)
 from specpack.proposers.policy.stopping import (ConfidenceRule, CumulativeRule, SVIPRule,
                                                 truncate_by_rule)
 from specpack.registry import check_policy
+
+
+#: draft length under auto-off until the step-cost model has seen a few steps
+WARMUP_LENGTH = 2
 
 
 def make_rule(cfg: PolicyConfig, cap: int) -> StopRule:
@@ -73,6 +79,7 @@ class _ReqState:
     fail: float = 0.0          # discounted rejections
     arm: int = -1              # arm used at the last step
     drafted: int = 0
+    path_probs: np.ndarray | None = None   # scores along the verified path, last step
     bandit: Bandit | None = None
 
 
@@ -123,6 +130,12 @@ class PolicyProposer(Proposer):
         self._step_arm = -1
         self.steps = 0
         self.spec_off_steps = 0
+        self.arm_picks = np.zeros(len(self.arms), np.int64)   # request-steps per arm
+        #: per proposer: P(node accepted | its draft score), learned from feedback
+        self.calibration = [AcceptanceCalibration() for _ in self.proposers]
+        #: per-step decision trace (diagnosis; SPECPACK_POLICY_TRACE=1), bounded
+        self.trace: deque[dict] | None = (deque(maxlen=20000) if os.environ.get(
+            "SPECPACK_POLICY_TRACE", "0") not in ("", "0") else None)
 
     # ------------------------------------------------------------ helpers
     def _new_bandit(self, salt: int) -> Bandit:
@@ -189,13 +202,34 @@ class PolicyProposer(Proposer):
         picks = [self._cap(st, v) for st, v in zip(states, batch)]
         caps = [c for _, c in picks]
         quota = self.cfg.scope == "batch_quota" and self.cfg.kind in BANDIT_KINDS
-        explore = self._rng.random() < self.cfg.explore
-        if (self.cfg.auto_off or quota) and not explore:
-            lengths = choose_draft_lengths([self.alpha(v.key) for v in batch], caps, self.cost)
+        trim = self.cfg.auto_off or quota
+        # exploration: one request of the step keeps its whole draft, so the
+        # step-cost fit keeps seeing longer drafts and the calibration keeps
+        # seeing low-scored nodes, at the price of a few nodes, not a step
+        spare = (int(self._rng.integers(len(batch)))
+                 if trim and self._rng.random() < self.cfg.explore else -1)
+        explore = spare >= 0
+        if trim:
+            # before drafting: only drafters that pay per depth (model passes) are
+            # cut on the per-request acceptance estimate; the cheap ones draft to
+            # their cap and are cut after drafting on their own node scores
+            pre = choose_draft_lengths([self.alpha(v.key) for v in batch], caps, self.cost)
+            lengths = [n if self.applies_rule[self.arms[arm][0]] and i != spare else cap
+                       for i, ((arm, cap), n) in enumerate(zip(picks, pre))]
+            if not self.cost.ready:  # warm-up: short drafts until step costs are known
+                lengths = [min(n, WARMUP_LENGTH) for n in lengths]
         else:
             lengths = caps
-        if caps and any(caps) and not any(lengths):
-            self.spec_off_steps += 1
+        for arm, _ in picks:
+            self.arm_picks[arm] += 1
+        if self.trace is not None:
+            self.trace.append({
+                "step": self.steps, "batch": len(batch), "explore": bool(explore),
+                "caps": int(sum(caps)), "lengths": [int(x) for x in lengths],
+                "alpha": [round(self.alpha(v.key), 3) for v in batch],
+                "coef": [float(x) for x in self.cost.coef], "ready": self.cost.ready,
+                "pred_s": self.cost.predict(len(batch) + sum(lengths), max(lengths, default=0)),
+                "arms": [int(a) for a, _ in picks]})
         drafts: list[Draft | None] = [None] * len(batch)
         groups: dict[int, list[int]] = {}
         for i, ((arm, _), n) in enumerate(zip(picks, lengths)):
@@ -214,11 +248,44 @@ class PolicyProposer(Proposer):
                 if not self.applies_rule[p]:
                     d = truncate_by_rule(d, self.rule)
                 drafts[i] = d.truncated(lengths[i], batch[i].budget.max_depth)
-        for st, d in zip(states, drafts):
+        if trim and self.cost.ready:
+            trimmed = self._trim(drafts, [self.arms[a][0] for a, _ in picks], batch)
+            drafts = [d if i == spare else t for i, (d, t) in enumerate(zip(drafts, trimmed))]
+        if self.trace is not None:
+            self.trace[-1]["kept"] = [len(d) for d in drafts]
+        if caps and any(caps) and not any(len(d) for d in drafts):
+            self.spec_off_steps += 1
+        for st, d, (arm, _) in zip(states, drafts, picks):
             st.drafted = len(d)
+            st.path_probs = None if d.probs is None else d.probs[d.best_path()]
         return drafts  # type: ignore[return-value]
 
+    def _trim(self, drafts: list[Draft], props: list[int],
+              batch: Sequence[RequestView]) -> list[Draft]:
+        """Keep the nodes whose calibrated value pays for their verification
+        (:func:`~specpack.proposers.policy.cost_model.trim_to_goodput`)."""
+        values = []
+        for d, p, v in zip(drafts, props, batch):
+            val = self.calibration[p].node_values(d)
+            if val is None:  # no scores: the request's geometric estimate
+                val = self.alpha(v.key) ** d.depths.astype(np.float64)
+            values.append(val)
+        depth = max((d.max_depth for d in drafts), default=0)
+        keep = trim_to_goodput(values, self.cost, depth)
+        out = []
+        for d, val, k in zip(drafts, values, keep):
+            if k >= len(d):
+                out.append(d)
+                continue
+            top = sorted(range(len(d)), key=lambda i: (-val[i], i))[:k]
+            mask = np.zeros(len(d), bool)
+            mask[top] = True
+            out.append(d.subset(mask))
+        return out
+
     def observe(self, feedback: Sequence[Feedback]) -> None:
+        if self.trace:
+            self.trace[-1]["accepted"] = [int(f.accepted) for f in feedback]
         lam = 0.9
         ema = self.cfg.ema_decay
         by_prop: dict[int, list[Feedback]] = {}
@@ -235,6 +302,8 @@ class PolicyProposer(Proposer):
                 if st is not None:
                     st.succ = lam * st.succ + acc
                     st.fail = lam * st.fail + rejected
+                    if st.path_probs is not None and st.arm >= 0:
+                        self.calibration[self.arms[st.arm][0]].update(st.path_probs, acc)
                 self._succ_all = 0.995 * self._succ_all + acc
                 self._fail_all = 0.995 * self._fail_all + rejected
             if st is None:
@@ -270,6 +339,10 @@ class PolicyProposer(Proposer):
 
     def observe_step(self, num_tokens: int, max_depth: int, seconds: float) -> None:
         """Measured wall time of one engine step that verified ``num_tokens``."""
+        if self.trace:
+            last = self.trace[-1]
+            last.update(measured_s=seconds, n=num_tokens, d=max_depth,
+                        pred_before_s=self.cost.predict(num_tokens, max_depth))
         self.cost.observe(num_tokens, max_depth, seconds)
 
     def release(self, key: Hashable, finished: bool = True) -> None:
@@ -279,8 +352,11 @@ class PolicyProposer(Proposer):
 
     # ------------------------------------------------------------ reports
     def describe(self) -> dict:
-        out = {"method": self.config.model_dump(), "kind": self.cfg.kind, "steps": self.steps, "spec_off_steps": self.spec_off_steps,
-               "cost_coef": [float(x) for x in self.cost.coef]}
+        out = {"method": self.config.model_dump(), "kind": self.cfg.kind, "steps": self.steps,
+               "spec_off_steps": self.spec_off_steps,
+               "cost_coef": [float(x) for x in self.cost.coef],
+               "arm_lengths": [n for _, n in self.arms],
+               "arm_picks": self.arm_picks.tolist()}
         bandit = self._global
         if bandit is not None:
             out["arm_counts"] = bandit.counts.tolist()

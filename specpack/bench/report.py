@@ -14,12 +14,40 @@ Per (method, concurrency, category):
 * ``speedup_vs_none`` / ``speedup_vs_best_builtin`` - ratios of
   ``output_tok_s`` to the same phase's ``none`` row / best built-in row.
 * ``greedy_match`` - every request's tokens equal the ``none`` run's.
+* ``decisions`` (specpack methods on the in-process vLLM engine and the
+  reference runtime) - what the method and its policy decided in the phase:
+  ``mean_draft_len`` (drafted nodes per request-step), ``off_share`` (steps
+  that drafted nothing although the budget allowed it), ``arm_shares``
+  (request-steps per bandit arm).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+
+def decisions_delta(after: dict | None, before: dict | None) -> dict | None:
+    """What the policy decided during one phase: mean draft length per
+    request-step, share of steps with speculation off, share of request-steps
+    per bandit arm (by its length)."""
+    if after is None:
+        return None
+    before = before or {}
+    d = {k: after[k] - before.get(k, 0)
+         for k in ("steps", "request_steps", "drafted", "off_steps", "errors")}
+    d["mean_draft_len"] = d["drafted"] / d["request_steps"] if d["request_steps"] else 0.0
+    d["off_share"] = d["off_steps"] / d["steps"] if d["steps"] else 0.0
+    prop, prop0 = after.get("proposer", {}), (before.get("proposer") or {})
+    if "arm_picks" in prop:
+        picks = [a - b for a, b in zip(prop["arm_picks"],
+                                       prop0.get("arm_picks", [0] * len(prop["arm_picks"])))]
+        total = sum(picks) or 1
+        d["arm_shares"] = {f"k{n}" if len(set(prop["arm_lengths"])) == len(picks) else
+                           f"arm{i}": round(p / total, 3)
+                           for i, (n, p) in enumerate(zip(prop["arm_lengths"], picks))}
+        d["cost_coef"] = prop.get("cost_coef")
+    return d
 
 
 def phase_row(method: str, builtin: bool, phase: dict) -> dict:
@@ -43,6 +71,7 @@ def phase_row(method: str, builtin: bool, phase: dict) -> dict:
         "output_tok_s": tokens / phase["wall_s"] if phase["wall_s"] > 0 else 0.0,
         "tpot_ms": 1e3 * sum(tpots) / len(tpots) if tpots else 0.0,
         "drafts": drafts, "accepted_tokens": accepted,
+        "decisions": phase.get("decisions"),
     }
 
 
@@ -71,14 +100,20 @@ def summarise(results: dict[str, dict], builtins: set[str]) -> list[dict]:
 
 def markdown(rows: list[dict], max_pos: int = 4) -> str:
     head = ("| category | conc. | method | tau | acceptance @1..%d | tok/s | TPOT ms | "
-            "x vs none | x vs best built-in | greedy match |" % max_pos)
-    lines = [head, "|" + "---|" * 10]
+            "x vs none | x vs best built-in | greedy match | draft len | spec off | arms |"
+            % max_pos)
+    lines = [head, "|" + "---|" * 13]
     for r in sorted(rows, key=lambda r: (r["category"], r["concurrency"])):
         acc = ", ".join(f"{x:.2f}" for x in r["acceptance_by_position"][:max_pos]) or "-"
         vb = "-" if r["speedup_vs_best_builtin"] is None else f"{r['speedup_vs_best_builtin']:.2f}"
+        d = r.get("decisions") or {}
+        dl = f"{d['mean_draft_len']:.2f}" if d else "-"
+        off = f"{100 * d['off_share']:.0f} %" if d else "-"
+        arms = " ".join(f"{k}:{v:.2f}" for k, v in (d.get("arm_shares") or {}).items()) or "-"
         lines.append(f"| {r['category']} | {r['concurrency']} | {r['method']} | {r['tau']:.2f} | "
                      f"{acc} | {r['output_tok_s']:.1f} | {r['tpot_ms']:.1f} | "
-                     f"{r['speedup_vs_none']:.2f} | {vb} | {'yes' if r['greedy_match'] else 'NO'} |")
+                     f"{r['speedup_vs_none']:.2f} | {vb} | {'yes' if r['greedy_match'] else 'NO'} | "
+                     f"{dl} | {off} | {arms} |")
     return "\n".join(lines) + "\n"
 
 

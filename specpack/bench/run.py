@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from specpack.bench.methods import Method, parse_methods, specpack_settings, vllm_configs
-from specpack.bench.report import summarise, write
+from specpack.bench.report import decisions_delta, summarise, write
 from specpack.bench.workload import by_category, load_workload
 
 
@@ -60,6 +60,8 @@ def run_vllm_offline(method: Method, args, cats: dict, max_len: int, workdir: Pa
            "concurrency": args.concurrency, "seed": args.seed, "max_model_len": max_len,
            "categories": {c: [r.__dict__ for r in reqs] for c, reqs in cats.items()}}
     name = method.name.replace(":", "_") + (f"-{tag}" if tag else "")
+    if os.environ.get("SPECPACK_POLICY_TRACE", "0") not in ("", "0"):
+        job["trace_dir"] = str(workdir / "traces" / name)
     jf, out, log = workdir / f"{name}.job.json", workdir / f"{name}.out.json", workdir / f"{name}.log"
     jf.write_text(json.dumps(job))
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0",
@@ -117,6 +119,7 @@ def run_hf(method: Method, args, cats: dict, state: dict) -> dict:
                 "spec": {"num_drafts": sum(s.steps for s in res.stats),
                          "num_accepted_tokens": sum(s.accepted for s in res.stats)},
                 "requests": [{"tokens": t, "tpot_s": per_tok} for t in outs],
+                "decisions": decisions_delta(res.decisions, None) if prop is not None else None,
             })
     return {"phases": phases}
 

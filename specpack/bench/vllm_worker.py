@@ -16,6 +16,8 @@ import json
 import os
 import time
 
+from specpack.bench.report import decisions_delta
+
 
 def counters(llm) -> dict:
     from specpack.vllm_plugins.offline import spec_decode_stats
@@ -76,6 +78,35 @@ def run_phase(llm, prompts: list[list[int]], max_tokens: list[int], concurrency:
     return wall, reqs
 
 
+def decisions() -> dict | None:
+    """Cumulative decision counters of the specpack step driver in this
+    process (in-process engine), or None when no specpack method runs."""
+    import sys
+
+    if "specpack.step_driver" not in sys.modules:   # not a specpack method
+        return None
+    from specpack.step_driver import live_drivers
+
+    drivers = live_drivers()
+    return drivers[-1].stats() if drivers else None
+
+
+def dump_trace(trace_dir: str, tag: str, before: dict | None) -> None:
+    """Write the policy's per-step trace of the last phase as JSONL."""
+    from specpack.step_driver import live_drivers
+
+    drivers = live_drivers()
+    trace = getattr(drivers[-1].proposer, "trace", None) if drivers else None
+    if not trace:
+        return
+    first = (before or {}).get("proposer", {}).get("steps", 0)
+    os.makedirs(trace_dir, exist_ok=True)
+    with open(os.path.join(trace_dir, f"{tag}.trace.jsonl"), "w") as f:
+        for rec in trace:
+            if rec["step"] > first:
+                f.write(json.dumps(rec) + "\n")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--spec", required=True)
@@ -99,10 +130,13 @@ def main(argv=None) -> None:
     for c in job["concurrency"]:
         for cat, reqs in job["categories"].items():
             prompts = [tok.encode(r["prompt"], add_special_tokens=False) for r in reqs]
-            before = counters(llm)
+            before, dec_before = counters(llm), decisions()
             wall, out = run_phase(llm, prompts, [r["max_new_tokens"] for r in reqs], c, f"{c}-{cat}")
             phases.append({"concurrency": c, "category": cat, "wall_s": wall,
-                           "spec": delta(counters(llm), before), "requests": out})
+                           "spec": delta(counters(llm), before), "requests": out,
+                           "decisions": decisions_delta(decisions(), dec_before)})
+            if job.get("trace_dir"):
+                dump_trace(job["trace_dir"], f"c{c}-{cat}", dec_before)
     with open(a.out, "w") as f:
         json.dump({"phases": phases}, f)
 

@@ -67,6 +67,7 @@ class GenerateResult:
     stats: list[RequestStats]
     wall_s: float
     steps: list[dict] = field(default_factory=list)  # per-step batch stats
+    decisions: dict = field(default_factory=dict)     # the step driver's counters
 
     @property
     def tau(self) -> float:
@@ -223,4 +224,4 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer: Proposer | None
                 live.remove(i)
                 lm.release(keys[i])
                 driver.release(keys[i], finished=True)
-    return GenerateResult(outputs, stats, time.perf_counter() - t0, step_log)
+    return GenerateResult(outputs, stats, time.perf_counter() - t0, step_log, driver.stats())
