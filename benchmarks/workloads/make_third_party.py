@@ -144,8 +144,8 @@ def main() -> None:
     with open(a.out, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    print(f"wrote {len(rows)} prompts to {a.out} from "
-          f"{len({r['source'].split('/')[0] for r in rows})} packages")
+    packages = {r["source"].split("/")[1 if a.mixed else 0] for r in rows}
+    print(f"wrote {len(rows)} prompts to {a.out} from {len(packages)} packages")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,30 @@ unchanged. Per step it
      under the fitted cost model, so a longer draft that slows the step is
      paid for;
 
-2. with ``auto_off``, trims those caps with the goodput-greedy rule of
-   :mod:`specpack.proposers.policy.cost_model` (per-request acceptance rates from
-   an exponentially weighted success/failure count with a Beta(1, 1) prior
-   shrunk to the batch-wide rate), which turns speculation off per request
-   or for the whole batch when it does not pay;
-3. asks each proposer for the requests assigned to it, with the capped budget.
+2. with ``auto_off``, before drafting, cuts the caps of drafters that pay
+   per drafted depth (model drafters: ``c`` in the step-cost model) with the
+   goodput-greedy rule :func:`~specpack.proposers.policy.cost_model.choose_draft_lengths`
+   on per-request acceptance rates (exponentially weighted success/failure
+   counts with a Beta(1, 1) prior shrunk to the batch-wide rate); retrieval
+   drafters draft to their cap (drafting is cheap);
+3. asks each proposer for the requests assigned to it, with the capped budget;
+4. with ``auto_off``, after drafting, keeps only the nodes that pay for
+   their verification: node values are the drafter's own scores calibrated
+   online against observed acceptance
+   (:class:`~specpack.proposers.policy.cost_model.AcceptanceCalibration`),
+   and :func:`~specpack.proposers.policy.cost_model.trim_to_goodput` keeps
+   the top values while ``value / b > E / T`` (drafting cost sunk). A step
+   where nothing pays runs without speculation. One request of a step in
+   ``explore`` (5 %) keeps its whole draft, so the cost fit and the
+   calibration keep seeing long drafts; until the cost model has seen a few
+   steps, drafts are at most :data:`WARMUP_LENGTH` long.
+
+Why the per-node step (issue 13): one acceptance rate per request averages
+drafts that copy known text (scored ~1, accepted) with drafts that guess
+(accepted rarely). On traffic the drafter was not tuned on, that average
+is middling for everyone, and a rule that decides lengths from it gives
+every request the same short draft - the copies are cut, the guesses still
+verified - or switches speculation off although half the drafts pay.
 
 Engines report each step's wall time with :meth:`observe_step`; feedback
 (drafted, accepted) arrives through :meth:`observe` as for any proposer.
