@@ -67,11 +67,12 @@ class DraftBatcher:
     feedback, timing, guarded release) is :class:`~specpack.step_driver.StepDriver`'s.
     """
 
-    def __init__(self, proposer: Proposer, width: int, method: str = "specpack"):
+    def __init__(self, proposer: Proposer, width: int, method: str = "specpack",
+                 vocab_size: int | None = None):
         if width < 2:
             raise ValueError(f"width = {width}: the verify tree needs >= 2 slots "
                              "(root + at least one draft node)")
-        self.driver = StepDriver(proposer, name=method, logger=logger)
+        self.driver = StepDriver(proposer, name=method, logger=logger, vocab_size=vocab_size)
         self.width = width
         self.method = method
         self._pending: list[Hashable] | None = None   # rids of the drafted step awaiting its report
@@ -217,7 +218,9 @@ class SpecpackNgramWorker(NGRAMWorker):
         settings = load_settings(name, self.draft_token_num)
         proposer = build_pipeline(settings, method=method, max_nodes=self.draft_token_num - 1,
                                   where="specpack settings")
-        self.batcher = DraftBatcher(proposer, self.draft_token_num, method)
+        vocab = getattr(getattr(self.model_runner, "model_config", None), "vocab_size", None)
+        self.batcher = DraftBatcher(proposer, self.draft_token_num, method,
+                                    vocab_size=vocab if isinstance(vocab, int) else None)
         logger.info("specpack: %s worker ready (width %d, method %s)", name,
                     self.draft_token_num, method)
 

@@ -289,6 +289,35 @@ class PolicyConfig(BaseModel):
                              f"({', '.join(BANDIT_KINDS)}), not {self.kind!r}")
 
 
+class FaultInjectionConfig(BaseModel):
+    """Faults injected around any method, for tests and soak runs only
+    (``"fault_injection": {...}`` next to ``"policy"`` in the specpack
+    settings). Each rate is a probability per request per step."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    raise_rate: float = Field(0.0, ge=0.0, le=1.0, description="Raise from propose for a "
+                              "request (the whole batched call raises).")
+    malformed_rate: float = Field(0.0, ge=0.0, le=1.0, description="Return a malformed draft "
+                                  "for a request (ids outside the vocabulary, negative ids, "
+                                  "longer than the budget, float dtype, not a Draft).")
+    stall_rate: float = Field(0.0, ge=0.0, le=1.0, description="Sleep stall_s in propose.")
+    stall_s: float = Field(0.0, ge=0.0, le=60.0, description="Length of one stall (s).")
+    hook_raise_rate: float = Field(0.0, ge=0.0, le=1.0, description="Raise from observe / "
+                                   "release / observe_step calls.")
+    seed: int = Field(0, description="Seed of the injection.")
+
+
+def parse_fault_config(raw: Any, where: str) -> FaultInjectionConfig | None:
+    if raw is None:
+        return None
+    raw = json_object(raw, where)
+    try:
+        return FaultInjectionConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, FaultInjectionConfig, where)) from None
+
+
 def parse_policy_config(raw: Mapping[str, Any] | None, *, default_method: str,
                         where: str = "specpack policy") -> PolicyConfig | None:
     """Validate a ``policy`` section (None = no policy) and every arm's proposer."""

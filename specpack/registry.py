@@ -16,8 +16,8 @@ import re
 from typing import Any, Callable, Mapping
 
 from specpack.config import (ConfigError, MethodConfig, PolicyConfig, json_object,
-                             nested_configs, nested_method_config, parse_method_config,
-                             parse_policy_config)
+                             nested_configs, nested_method_config, parse_fault_config,
+                             parse_method_config, parse_policy_config)
 from specpack.methods import build_method, method as method_spec
 
 #: a Hugging Face hub id ("org/name" or "name"): checked only where the hub is off
@@ -25,10 +25,10 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _DATASTORE_FILES = ("meta.json", "tokens.npy", "index.npy")
 
 
-def _split(raw: Any, where: str) -> tuple[dict, Any]:
-    """(method settings, policy section) of a settings object."""
+def _split(raw: Any, where: str) -> tuple[dict, Any, Any]:
+    """(method settings, policy section, fault_injection section) of a settings object."""
     raw = json_object(raw, where)
-    return raw, raw.pop("policy", None)
+    return raw, raw.pop("policy", None), raw.pop("fault_injection", None)
 
 
 def build_proposer(raw: Mapping[str, Any] | None, *, method: str | None = None,
@@ -48,11 +48,17 @@ def build_pipeline(raw: Mapping[str, Any] | None, *, method: str | None = None,
     anything is built. ``build(config, max_nodes)`` overrides the table's
     factories (e.g. to reuse a loaded draft model).
     """
-    raw, policy_raw = _split(raw, where)
+    raw, policy_raw, faults_raw = _split(raw, where)
     config = parse_method_config(raw, default_method=method, where=where)
     policy = parse_policy_config(policy_raw, default_method=config.method,
                                  where=f"{where}: policy")
+    faults = parse_fault_config(faults_raw, f"{where}: fault_injection")
     build = build or build_method
+    if faults is not None:
+        from specpack.testing.faults import FaultInjector
+
+        inner = build
+        build = lambda mc, n: FaultInjector(inner(mc, n), faults, max_nodes=n)  # noqa: E731
     if policy is None:
         return build(config, max_nodes)
     from specpack.proposers.policy.policy_proposer import PolicyProposer
@@ -121,10 +127,11 @@ def validate_pipeline(raw: Mapping[str, Any] | None, *, method: str | None = Non
                       check_paths: bool = True) -> MethodConfig:
     """Validate what :func:`build_pipeline` would build, without building it;
     return the method config."""
-    raw, policy_raw = _split(raw, where)
+    raw, policy_raw, faults_raw = _split(raw, where)
     config = parse_method_config(raw, default_method=method, where=where)
     policy = parse_policy_config(policy_raw, default_method=config.method,
                                  where=f"{where}: policy")
+    parse_fault_config(faults_raw, f"{where}: fault_injection")
     if policy is not None:
         check_policy(policy, config, max_nodes, f"{where}: policy")
     if check_paths:  # after the fields: a typo is reported before a missing file

@@ -20,6 +20,11 @@ One speculative step of a host, whatever the engine::
   runtime's tests) re-raises instead;
 * **budgets** - a view whose budget is 0 is not asked at all; every draft is
   trimmed to its view's ``Budget(max_nodes, max_depth)``;
+* **malformed drafts** - a draft that is not a :class:`~specpack.draft.Draft`,
+  has non-integer token ids, ids outside ``[0, vocab_size)`` or broken
+  parent pointers is dropped for that request (it decodes plainly this
+  step), counted in :attr:`StepDriver.malformed` and logged once; it never
+  reaches the engine;
 * **feedback** - accepted counts become
   :class:`~specpack.protocols.Feedback` with the drafted count of the
   previous step and ``0 <= accepted <= drafted``; requests that were not in
@@ -47,6 +52,8 @@ import logging
 import time
 import weakref
 from typing import Any, Callable, Hashable, Iterable, Sequence
+
+import numpy as np
 
 from specpack.draft import Draft
 from specpack.protocols import Feedback, Proposer, RequestView
@@ -91,7 +98,7 @@ class StepDriver:
     _count = 0
 
     def __init__(self, proposer: Proposer, *, name: str, logger: logging.Logger,
-                 raise_errors: bool = False):
+                 raise_errors: bool = False, vocab_size: int | None = None):
         if not isinstance(proposer, Proposer):
             raise TypeError(f"{type(proposer).__name__} does not subclass "
                             "specpack.protocols.Proposer")
@@ -99,7 +106,9 @@ class StepDriver:
         self.name = name
         self.logger = logger
         self.raise_errors = raise_errors
+        self.vocab_size = vocab_size
         self.errors = 0
+        self.malformed = 0
         self._drafted: dict[Hashable, int] = {}    # drafted nodes per key, last step
         self._prev: tuple[int, int, float] | None = None
         # decisions: steps, request-steps, drafted nodes, steps with budget but no draft
@@ -169,6 +178,10 @@ class StepDriver:
             for i, d in zip(asked, out):
                 if d is None:
                     continue
+                why = self.malformed_reason(d)
+                if why is not None:
+                    self._dropped(views[i].key, why)
+                    continue
                 b = views[i].budget
                 try:
                     drafts[i] = d.truncated(b.max_nodes, b.max_depth)
@@ -185,6 +198,33 @@ class StepDriver:
         self._prev = (len(views) + other_rows + sum(len(d) for d in drafts),
                       max((d.max_depth for d in drafts), default=0), now)
         return drafts
+
+    def malformed_reason(self, d: Any) -> str | None:
+        """Why ``d`` cannot go to an engine, or None when it can."""
+        if not isinstance(d, Draft):
+            return f"not a Draft ({type(d).__name__})"
+        tokens, parents = np.asarray(d.tokens), np.asarray(d.parents)
+        if tokens.ndim != 1 or parents.shape != tokens.shape:
+            return "tokens/parents shapes differ"
+        if tokens.size == 0:
+            return None
+        if not np.issubdtype(tokens.dtype, np.integer):
+            return f"token ids of dtype {tokens.dtype}"
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or (self.vocab_size is not None and hi >= self.vocab_size):
+            return (f"token ids outside [0, {self.vocab_size or 'inf'}): min {lo}, max {hi}")
+        if np.any(parents < -1) or np.any(parents >= np.arange(parents.size)):
+            return "parent pointers not parents-first"
+        return None
+
+    def _dropped(self, key: Hashable, why: str) -> None:
+        if self.raise_errors:
+            raise ValueError(f"malformed draft for request {key!r}: {why}")
+        self.malformed += 1
+        if self.malformed == 1:
+            self.logger.error("specpack: %s proposer returned a malformed draft (%s) for request "
+                              "%r; dropped (that request decodes without drafts this step). "
+                              "Further ones are counted, not logged.", self.name, why, key)
 
     def untimed(self) -> None:
         """The next step's interval is not a decode step (e.g. a prefill ran)."""
@@ -214,7 +254,7 @@ class StepDriver:
         own report (a policy adds its arm picks): ``mean_draft_len`` = drafted
         nodes per request-step, ``off_share`` = steps that drafted nothing
         although some request had a budget."""
-        c = dict(self._counts, errors=self.errors, name=self.name)
+        c = dict(self._counts, errors=self.errors, malformed=self.malformed, name=self.name)
         c["mean_draft_len"] = c["drafted"] / c["request_steps"] if c["request_steps"] else 0.0
         c["off_share"] = c["off_steps"] / c["steps"] if c["steps"] else 0.0
         c["proposer"] = self.describe()

@@ -42,6 +42,14 @@ def specpack_settings(vllm_config: Any) -> dict:
     return json_object(extra.get("specpack", {}), "--additional-config field 'specpack'")
 
 
+def _vocab_size(vllm_config: Any) -> int | None:
+    """The target's vocabulary size (drafts with ids beyond it are dropped)."""
+    try:
+        return int(vllm_config.model_config.get_vocab_size())
+    except Exception:
+        return None
+
+
 class SpecpackProposer:
     """Base ``custom_class`` proposer: row tracking and chains around a
     :class:`~specpack.step_driver.StepDriver`."""
@@ -56,7 +64,8 @@ class SpecpackProposer:
             specpack_settings(vllm_config), method=self.method, max_nodes=self.k,
             where="--additional-config specpack",
         )
-        self.driver = StepDriver(proposer, name=self.method, logger=logger)
+        self.driver = StepDriver(proposer, name=self.method, logger=logger,
+                                 vocab_size=_vocab_size(vllm_config))
         self._read_internals = is_tested(installed_vllm_version())
         self._runner_resolver: RunnerRowResolver | None = None
         self._content_resolver = ContentRowResolver()

@@ -138,7 +138,8 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer: Proposer | None
         raise ValueError("every prompt needs at least one token")
     lm = target if isinstance(target, CachedLM) else CachedLM(target, tree_attention=tree_attention)
     driver = StepDriver(proposer or _NoSpeculation(), name="hf", logger=logger,
-                        raise_errors=not isolate_errors)
+                        raise_errors=not isolate_errors,
+                        vocab_size=getattr(lm.model.config, "vocab_size", None))
     driver.attach_target(lm.model)
     gen = torch.Generator().manual_seed(seed)
     n = len(prompts)
