@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, ClassVar
 
 from specpack.config import json_object
@@ -70,6 +71,7 @@ class SpecpackProposer:
         self._runner_resolver: RunnerRowResolver | None = None
         self._content_resolver = ContentRowResolver()
         self._mode = ""
+        self._reported = (0, 0, time.monotonic())
         logger.info("specpack: %s proposer ready (k=%d, config=%s)",
                     self.method, self.k, self.driver.describe())
 
@@ -106,6 +108,17 @@ class SpecpackProposer:
         if mode != self._mode:
             self._mode = mode
             logger.info("specpack: row tracking: %s", mode)
+
+    def _report_counts(self, every_s: float = 30.0) -> None:
+        """Log the fault counters when they changed, at most every ``every_s``
+        (operators and soak runs read them from the server log)."""
+        errors, malformed, last = self._reported
+        now = time.monotonic()
+        d = self.driver
+        if now - last >= every_s and (d.errors, d.malformed) != (errors, malformed):
+            self._reported = (d.errors, d.malformed, now)
+            logger.info("specpack: %s: %d proposer errors, %d malformed drafts dropped so far "
+                        "(outputs unaffected)", self.method, d.errors, d.malformed)
 
     @property
     def num_errors(self) -> int:
@@ -151,6 +164,7 @@ class SpecpackProposer:
                                      num_prompt_tokens=rows.prompt_lens[i]))
             view_rows.append(i)
         out = driver.propose(views, timed=steady, other_rows=n_rows - len(views))
+        self._report_counts()
         drafts: list[list[int]] = [[] for _ in range(n_rows)]
         for i, d in zip(view_rows, out):
             drafts[i] = d.best_path_tokens().tolist()

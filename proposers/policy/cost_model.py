@@ -110,53 +110,62 @@ def choose_draft_lengths(alphas, caps, model: StepCostModel | None) -> list[int]
 
 
 class AcceptanceCalibration:
-    """``P(draft node accepted | the drafter's path probability p)``, learned online.
+    """``P(draft node accepted | its score p and its depth j)``, learned online.
 
     Every drafter scores its nodes (suffix/datastore counts, Token
     Recycling's rank prior, the draft model's ``prod q``), but the scores are
     not probabilities of acceptance: retrieval counts are over-confident on
-    text the corpus has not seen, rank priors are not probabilities at all.
-    Nodes are binned by ``p`` (edges :attr:`EDGES`); each bin keeps
-    exponentially discounted counts of nodes drafted and nodes accepted
-    (node ``j`` of a verified path counts as accepted when the first ``j``
-    were), and the estimate is shrunk to the drafter's own score::
+    text the corpus has not seen (a continuation seen once scores 1.0 at
+    every depth), rank priors are not probabilities at all. Nodes are binned
+    by score (edges :attr:`EDGES`) and depth (:attr:`DEPTH_EDGES`); each
+    cell keeps exponentially discounted counts of nodes drafted and nodes
+    accepted (node ``j`` of a verified path counts as accepted when the
+    first ``j`` were), and the estimate is shrunk to the drafter's own score::
 
-        value(p) = (accepted_bin + m * p) / (drafted_bin + m),   m = prior_weight
+        value(p, j) = (accepted_cell + m * p) / (drafted_cell + m),   m = prior_weight
 
     so an uncalibrated drafter starts from its own numbers and moves to the
-    observed rates as evidence accrues. Values along a path are made
-    non-increasing (a node cannot be more likely accepted than its parent).
+    observed rates as evidence accrues. Values are made non-increasing from
+    parent to child (a node cannot be more likely accepted than its parent).
     """
 
     EDGES = np.array([0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95,
                       1.0 + 1e-9])
+    DEPTH_EDGES = np.array([1, 2, 3, 4, 5, 7, 9, 13])
 
     def __init__(self, prior_weight: float = 2.0, forget: float = 0.999):
         self.m = prior_weight
         self.forget = forget
-        self.drafted = np.zeros(self.EDGES.size - 1)
-        self.accepted = np.zeros(self.EDGES.size - 1)
+        shape = (self.DEPTH_EDGES.size, self.EDGES.size - 1)
+        self.drafted = np.zeros(shape)
+        self.accepted = np.zeros(shape)
 
-    def _bins(self, p: np.ndarray) -> np.ndarray:
-        return np.clip(np.searchsorted(self.EDGES, p, side="right") - 1, 0, self.drafted.size - 1)
+    def _cells(self, p: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sb = np.clip(np.searchsorted(self.EDGES, p, side="right") - 1, 0, self.EDGES.size - 2)
+        db = np.clip(np.searchsorted(self.DEPTH_EDGES, depths, side="right") - 1, 0,
+                     self.DEPTH_EDGES.size - 1)
+        return db, sb
+
+    def _raw(self, p: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        cell = self._cells(p, depths)
+        return (self.accepted[cell] + self.m * p) / (self.drafted[cell] + self.m)
 
     def value(self, path_probs) -> np.ndarray:
         """Calibrated acceptance probability of each node of one path, in order."""
         p = np.clip(np.asarray(path_probs, np.float64), 0.0, 1.0)
         if p.size == 0:
             return p
-        b = self._bins(p)
-        v = (self.accepted[b] + self.m * p) / (self.drafted[b] + self.m)
-        return np.minimum.accumulate(v)
+        return np.minimum.accumulate(self._raw(p, np.arange(1, p.size + 1)))
 
-    def node_values(self, draft) -> np.ndarray:
+    def node_values(self, draft) -> np.ndarray | None:
         """Calibrated value of every node of a draft tree (parents first), made
-        non-increasing from parent to child; None probabilities -> None."""
+        non-increasing from parent to child; None when the draft has no scores."""
         if draft.probs is None:
             return None
+        if draft.is_chain:
+            return self.value(draft.probs)
         p = np.clip(np.asarray(draft.probs, np.float64), 0.0, 1.0)
-        b = self._bins(p)
-        v = (self.accepted[b] + self.m * p) / (self.drafted[b] + self.m)
+        v = self._raw(p, draft.depths)
         for i, par in enumerate(draft.parents.tolist()):
             if par >= 0 and v[par] < v[i]:
                 v[i] = v[par]
@@ -169,9 +178,10 @@ class AcceptanceCalibration:
             return
         self.drafted *= self.forget
         self.accepted *= self.forget
-        b = self._bins(p)
-        np.add.at(self.drafted, b, 1.0)
-        np.add.at(self.accepted, b[: max(0, min(int(accepted), p.size))], 1.0)
+        db, sb = self._cells(p, np.arange(1, p.size + 1))
+        np.add.at(self.drafted, (db, sb), 1.0)
+        k = max(0, min(int(accepted), p.size))
+        np.add.at(self.accepted, (db[:k], sb[:k]), 1.0)
 
 
 def trim_to_goodput(values: list[np.ndarray], model: StepCostModel,

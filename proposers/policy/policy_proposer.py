@@ -231,7 +231,10 @@ class PolicyProposer(Proposer):
             # before drafting: only drafters that pay per depth (model passes) are
             # cut on the per-request acceptance estimate; the cheap ones draft to
             # their cap and are cut after drafting on their own node scores
-            pre = choose_draft_lengths([self.alpha(v.key) for v in batch], caps, self.cost)
+            if any(self.applies_rule[self.arms[arm][0]] for arm, _ in picks):
+                pre = choose_draft_lengths([self.alpha(v.key) for v in batch], caps, self.cost)
+            else:
+                pre = caps
             lengths = [n if self.applies_rule[self.arms[arm][0]] and i != spare else cap
                        for i, ((arm, cap), n) in enumerate(zip(picks, pre))]
             if not self.cost.ready:  # warm-up: short drafts until step costs are known

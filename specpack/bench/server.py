@@ -52,7 +52,7 @@ class ServerError(RuntimeError):
 
 
 def start_server(model: str, spec, extra, max_len: int, max_seqs: int, seed: int, log: Path,
-                 timeout_s: float = 600):
+                 timeout_s: float = 600, extra_args: tuple[str, ...] = ()):
     """Start ``python -m vllm.entrypoints.openai.api_server`` on a free loopback
     port (the CPU wheel's ``vllm`` console script is broken) with the default
     executor; return ``(process, base_url)`` once ``/health`` answers."""
@@ -64,6 +64,7 @@ def start_server(model: str, spec, extra, max_len: int, max_seqs: int, seed: int
         cmd += ["--speculative-config", json.dumps(spec)]
     if extra:
         cmd += ["--additional-config", json.dumps(extra)]
+    cmd += list(extra_args)
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     with open(log, "w") as f:  # the server keeps its own copy of the descriptor

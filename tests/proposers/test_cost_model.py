@@ -98,3 +98,42 @@ def test_greedy_choice_maximises_goodput_against_brute_force():
             return e / (ca + cb * (3 + sum(ls)) + cc * max(ls))
         best = max(goodput([x, y, z]) for x in range(4) for y in range(4) for z in range(4))
         assert goodput(lens) >= 0.97 * best
+
+
+def test_calibration_starts_from_scores_and_learns_by_depth():
+    from specpack.draft import Draft
+    from specpack.proposers.policy.cost_model import AcceptanceCalibration
+
+    cal = AcceptanceCalibration()
+    assert cal.value([]).size == 0
+    np.testing.assert_allclose(cal.value([0.9, 0.5, 0.7]), [0.9, 0.5, 0.5])  # own scores, monotone
+    # a retrieval drafter scoring 1.0 everywhere; only the first 2 nodes ever accepted
+    for _ in range(200):
+        cal.update([1.0] * 6, 2)
+    v = cal.value([1.0] * 6)
+    assert v[0] > 0.95 and v[1] > 0.95 and v[2] < 0.05 and v[5] < 0.05
+    assert np.all(np.diff(v) <= 0)
+    # trees: a child never exceeds its parent; untouched cells keep the score
+    d = Draft([1, 2, 3, 4], [-1, 0, 0, 2], probs=[0.3, 0.9, 0.2, 0.2])
+    tv = cal.node_values(d)
+    assert tv[1] <= tv[0] and tv[3] <= tv[2] <= tv[0]
+    assert cal.node_values(Draft([1], [-1])) is None
+
+
+def test_trim_keeps_the_nodes_that_pay_for_their_verification():
+    from specpack.proposers.policy.cost_model import trim_to_goodput
+
+    m = fitted(0.010, 0.001, 0.0)                # G0 = 2 / (a + 2 b) = 166.7 tok/s
+    a, b, _ = m.coef
+    vals = [np.array([0.9, 0.5, 0.1]), np.array([0.3, 0.05])]
+    keep = trim_to_goodput(vals, m)
+    # a node pays iff v > b * E / T at the time it is considered (values taken in order)
+    e, t, expect = 2.0, a + 2 * b, [0, 0]
+    for v, r in sorted(((v, r) for r, vs in enumerate(vals) for v in vs), reverse=True):
+        if v * t <= b * e:
+            break
+        e, t = e + v, t + b
+        expect[r] += 1
+    assert keep == expect and keep[0] >= 2 and keep[1] <= 1
+    assert trim_to_goodput([np.array([]), np.array([0.99])], m) == [0, 1]
+    assert trim_to_goodput([np.array([0.01, 0.01])], fitted(0.001, 0.01, 0.0)) == [0]
