@@ -25,15 +25,27 @@ import numpy as np
 
 
 class StepCostModel:
-    """Exponentially weighted least squares for ``T = a + b N + c D``."""
+    """Exponentially weighted least squares for ``T = a + b N + c D``.
 
-    def __init__(self, forget: float = 0.98, ridge: float = 1e-6):
+    Decisions use :attr:`decision_coef`: the slopes' lower confidence bounds
+    ``max(0, b - z * se(b))`` (same for ``c``), with ``se`` from the weighted
+    residual variance and ``(X'X)^-1``. When the steps seen so far barely
+    vary in ``N`` (e.g. speculation has been off for a while, or a phase has
+    just begun), ``se(b)`` is large, the bound is low and drafting resumes,
+    which is what makes ``b`` measurable again (optimism under uncertainty);
+    once drafts vary, the bound tightens to the fitted cost.
+    """
+
+    def __init__(self, forget: float = 0.98, ridge: float = 1e-6, z: float = 2.0):
         self.forget = forget
         self.ridge = ridge
+        self.z = z
         self.xtx = np.zeros((3, 3))
         self.xty = np.zeros(3)
+        self.yy = 0.0
         self.n = 0
         self.coef = np.zeros(3)
+        self.decision_coef = np.zeros(3)
 
     def observe(self, num_tokens: int, max_depth: int, seconds: float) -> None:
         if seconds <= 0 or not np.isfinite(seconds):
@@ -41,6 +53,7 @@ class StepCostModel:
         x = np.array([1.0, float(num_tokens), float(max_depth)])
         self.xtx = self.forget * self.xtx + np.outer(x, x)
         self.xty = self.forget * self.xty + x * seconds
+        self.yy = self.forget * self.yy + seconds * seconds
         self.n += 1
         a = self.xtx + np.diag(self.ridge * np.diag(self.xtx) + 1e-12)
         try:
@@ -53,6 +66,18 @@ class StepCostModel:
         mean_y = self.xty[0] / max(self.xtx[0, 0], 1e-12)
         coef[0] = max(mean_y - coef[1] * mean_x[1] - coef[2] * mean_x[2], 1e-9)
         self.coef = coef
+        # lower confidence bounds of the slopes for decisions
+        n_eff = self.xtx[0, 0]
+        rss = max(self.yy - 2 * coef @ self.xty + coef @ self.xtx @ coef, 0.0)
+        var = rss / max(n_eff - 3.0, 1.0)
+        try:
+            cov = var * np.linalg.inv(a)
+        except np.linalg.LinAlgError:
+            cov = np.full((3, 3), np.inf)
+        se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        dec = coef.copy()
+        dec[1:] = np.maximum(coef[1:] - self.z * se[1:], 0.0)
+        self.decision_coef = dec
 
     @property
     def ready(self) -> bool:
@@ -78,7 +103,7 @@ def choose_draft_lengths(alphas, caps, model: StepCostModel | None) -> list[int]
     caps = [max(0, int(c)) for c in caps]
     if model is None or not model.ready:
         return caps
-    a, b, c = (float(x) for x in model.coef)
+    a, b, c = (float(x) for x in model.decision_coef)
     n = len(caps)
     alphas = [min(max(float(x), 0.0), 1.0) for x in alphas]
     tokens = float(n)           # expected emitted tokens: one per request for sure
@@ -171,6 +196,12 @@ class AcceptanceCalibration:
                 v[i] = v[par]
         return v
 
+    def best_first_value(self) -> float:
+        """The highest value a first-level node can have (over score bins, each
+        at its upper edge): if even that does not pay, drafting cannot."""
+        p = np.minimum(self.EDGES[1:], 1.0)
+        return float(np.max((self.accepted[0] + self.m * p) / (self.drafted[0] + self.m)))
+
     def update(self, path_probs, accepted: int) -> None:
         """One verified path: its nodes' scores and how many were accepted."""
         p = np.clip(np.asarray(path_probs, np.float64), 0.0, 1.0)
@@ -199,7 +230,7 @@ def trim_to_goodput(values: list[np.ndarray], model: StepCostModel,
     before their children because values do not increase along a path).
     Returns the number of nodes kept per request (the top values of each).
     """
-    a, b, c = (float(x) for x in model.coef)
+    a, b, c = (float(x) for x in model.decision_coef)
     n = len(values)
     e, t = float(n), a + b * n + c * depth_drafted
     if b <= 0:

@@ -239,6 +239,11 @@ class PolicyProposer(Proposer):
                        for i, ((arm, cap), n) in enumerate(zip(picks, pre))]
             if not self.cost.ready:  # warm-up: short drafts until step costs are known
                 lengths = [min(n, WARMUP_LENGTH) for n in lengths]
+            elif not self._any_token_can_pay(len(batch)):
+                # not even the best first-level node would pay for its
+                # verification: draft nothing (drafting would be wasted), but
+                # for the exploring request
+                lengths = [n if i == spare else 0 for i, n in enumerate(lengths)]
         else:
             lengths = caps
         for arm, _ in picks:
@@ -280,6 +285,14 @@ class PolicyProposer(Proposer):
             st.drafted = len(d)
             st.path_probs = None if d.probs is None else d.probs[d.best_path()]
         return drafts  # type: ignore[return-value]
+
+    def _any_token_can_pay(self, n: int) -> bool:
+        """Could the best first-level node raise goodput at batch ``n``?
+        (``v_max / b > n / (a + b n + c)``, ``v_max`` from the calibrations,
+        slopes at the cost model's decision bounds)."""
+        a, b, c = (float(x) for x in self.cost.decision_coef)
+        vmax = max(cal.best_first_value() for cal in self.calibration)
+        return b <= 0 or vmax * (a + b * n + c) > b * n
 
     def _trim(self, drafts: list[Draft], props: list[int],
               batch: Sequence[RequestView]) -> list[Draft]:
