@@ -30,8 +30,11 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
-import json
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_workloads import add_output_options, write_workload  # noqa: E402  (same folder)
 
 #: pure-Python packages commonly installed next to vLLM (first ones present are used)
 PACKAGES = ("requests", "urllib3", "idna", "jinja2", "click", "httpx", "httpcore", "anyio",
@@ -129,21 +132,9 @@ def main() -> None:
     ap.add_argument("--edit", type=int, default=16)
     ap.add_argument("--long", type=int, default=6)
     ap.add_argument("--long-chars", type=int, default=11_000)
-    ap.add_argument("--mixed", default=None, metavar="NAME",
-                    help="put every prompt in one category NAME (one phase keeps every "
-                         "concurrency slot busy)")
-    ap.add_argument("--max-new-tokens", type=int, default=None, help="override every request's")
+    add_output_options(ap)
     a = ap.parse_args()
-    rows = build(a.complete, a.edit, a.long, a.long_chars)
-    for r in rows:
-        if a.mixed:
-            r["source"] = f"{r['category']}/{r['source']}"
-            r["category"] = a.mixed
-        if a.max_new_tokens:
-            r["max_new_tokens"] = a.max_new_tokens
-    with open(a.out, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    rows = write_workload(build(a.complete, a.edit, a.long, a.long_chars), a)
     packages = {r["source"].split("/")[1 if a.mixed else 0] for r in rows}
     print(f"wrote {len(rows)} prompts to {a.out} from {len(packages)} packages")
 

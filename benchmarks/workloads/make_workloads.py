@@ -96,19 +96,15 @@ def build(n_copy: int, n_open: int, n_multi: int, n_long: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "specpack", "bench", "workloads", "default.jsonl"))
-    ap.add_argument("--copy", type=int, default=8)
-    ap.add_argument("--open", type=int, default=8)
-    ap.add_argument("--multi", type=int, default=6)
-    ap.add_argument("--long", type=int, default=4)
+def add_output_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--mixed", default=None, metavar="NAME",
                     help="put every prompt in one category NAME (a batch workload: one phase "
                          "keeps all concurrency slots busy)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="override every request's")
-    a = ap.parse_args()
-    rows = build(a.copy, a.open, a.multi, a.long)
+
+
+def write_workload(rows: list[dict], a: argparse.Namespace) -> list[dict]:
+    """Apply ``--mixed`` / ``--max-new-tokens`` and write ``rows`` as JSONL to ``--out``."""
     for r in rows:
         if a.mixed:
             r["source"] = f"{r['category']}/{r['source']}"
@@ -118,6 +114,19 @@ def main() -> None:
     with open(a.out, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "specpack", "bench", "workloads", "default.jsonl"))
+    ap.add_argument("--copy", type=int, default=8)
+    ap.add_argument("--open", type=int, default=8)
+    ap.add_argument("--multi", type=int, default=6)
+    ap.add_argument("--long", type=int, default=4)
+    add_output_options(ap)
+    a = ap.parse_args()
+    rows = write_workload(build(a.copy, a.open, a.multi, a.long), a)
     print(f"wrote {len(rows)} prompts to {a.out}")
 
 

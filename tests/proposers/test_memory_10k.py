@@ -20,24 +20,6 @@ SUFFIX_CAPS = {"suffix_decoding_max_cached_requests": 50,
 VOCAB_CAP = 400
 
 
-@pytest.fixture(scope="module")
-def draft_lm(tiny_model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def datastore(tmp_path_factory):
-    from specpack.proposers.retrieval.corpus_index import build_datastore
-
-    rng = np.random.default_rng(0)
-    out = tmp_path_factory.mktemp("ds") / "ds"
-    build_datastore([rng.integers(3, 500, size=300).tolist() for _ in range(8)], out)
-    return str(out)
-
-
 def settings(spec, tiny_model_dir, datastore) -> dict:
     s = {"max_active_requests": CAP}
     if spec.name == "suffix":
@@ -75,8 +57,8 @@ def holdings(prop) -> dict:
 
 
 @pytest.mark.parametrize("spec", list(METHODS.values()), ids=list(METHODS))
-def test_ten_thousand_requests_stay_under_the_caps(spec, tiny_model_dir, datastore, draft_lm):
-    prop = build_pipeline(settings(spec, tiny_model_dir, datastore), method=spec.name,
+def test_ten_thousand_requests_stay_under_the_caps(spec, tiny_model_dir, random_datastore, draft_lm):
+    prop = build_pipeline(settings(spec, tiny_model_dir, random_datastore), method=spec.name,
                           max_nodes=4, build=loaded_draft_builder(draft_lm))
     rng = np.random.default_rng(0)
     peak: dict = {}

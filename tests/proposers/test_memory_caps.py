@@ -18,24 +18,6 @@ CAP = 3
 STATELESS = {"datastore"}
 
 
-@pytest.fixture(scope="module")
-def draft_lm(tiny_model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def datastore(tmp_path_factory):
-    from specpack.proposers.retrieval.corpus_index import build_datastore
-
-    rng = np.random.default_rng(0)
-    out = tmp_path_factory.mktemp("ds") / "ds"
-    build_datastore([rng.integers(3, 60, size=200).tolist() for _ in range(4)], out)
-    return str(out)
-
-
 def settings(spec, tiny_model_dir, datastore):
     s = {"max_active_requests": CAP}
     if spec.needs_draft_model:
@@ -48,9 +30,9 @@ def settings(spec, tiny_model_dir, datastore):
 @pytest.mark.parametrize("spec", list(METHODS.values()), ids=list(METHODS))
 @pytest.mark.parametrize("policy", [None, {"kind": "fixed", "auto_off": False}],
                          ids=["bare", "policy"])
-def test_max_active_requests_bounds_every_method(spec, policy, tiny_model_dir, datastore,
+def test_max_active_requests_bounds_every_method(spec, policy, tiny_model_dir, random_datastore,
                                                  draft_lm):
-    raw = settings(spec, tiny_model_dir, datastore)
+    raw = settings(spec, tiny_model_dir, random_datastore)
     if policy is not None:
         raw["policy"] = policy
     prop = build_pipeline(raw, method=spec.name, max_nodes=6, build=loaded_draft_builder(draft_lm))
