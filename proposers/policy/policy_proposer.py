@@ -372,7 +372,14 @@ class PolicyProposer(Proposer):
         return max([len(self._states)] + [p.num_tracked() for p in self.proposers])
 
     def observe_step(self, num_tokens: int, max_depth: int, seconds: float) -> None:
-        """Measured wall time of one engine step that verified ``num_tokens``."""
+        """Measured wall time of one engine step that verified ``num_tokens``.
+
+        The depth term ``c D`` stands for sequential drafter passes; without a
+        drafter that pays per depth it is left out of the fit (``D = 0``):
+        on a chain-verifying engine at batch 1, ``N = 1 + D`` and a free depth
+        term would take the per-token verification cost away from ``b``."""
+        if not any(self.applies_rule):
+            max_depth = 0
         if self.trace:
             last = self.trace[-1]
             last.update(measured_s=seconds, n=num_tokens, d=max_depth,
