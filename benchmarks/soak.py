@@ -113,6 +113,7 @@ def soak(a) -> dict:
 
     settings = json_object(a.settings, "--settings")
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix="specpack-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(a.model)
     pool = pool_prompts(tok, a.workload, a.pool, a.seed)
     kv = ("--block-size", "32", "--num-gpu-blocks-override", str(a.kv_blocks))

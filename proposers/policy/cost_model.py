@@ -158,7 +158,7 @@ class AcceptanceCalibration:
                       1.0 + 1e-9])
     DEPTH_EDGES = np.array([1, 2, 3, 4, 5, 7, 9, 13])
 
-    def __init__(self, prior_weight: float = 2.0, forget: float = 0.999):
+    def __init__(self, prior_weight: float = 2.0, forget: float = 0.99):
         self.m = prior_weight
         self.forget = forget
         shape = (self.DEPTH_EDGES.size, self.EDGES.size - 1)
@@ -166,20 +166,26 @@ class AcceptanceCalibration:
         self.accepted = np.zeros(shape)
 
     def _cells(self, p: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sb = np.clip(np.searchsorted(self.EDGES, p, side="right") - 1, 0, self.EDGES.size - 2)
-        db = np.clip(np.searchsorted(self.DEPTH_EDGES, depths, side="right") - 1, 0,
-                     self.DEPTH_EDGES.size - 1)
+        # (ufuncs in place: np.clip's wrapper costs more than the work on ~8 nodes)
+        sb = np.searchsorted(self.EDGES, p, side="right") - 1
+        np.minimum(sb, self.EDGES.size - 2, out=sb)
+        np.maximum(sb, 0, out=sb)
+        db = np.searchsorted(self.DEPTH_EDGES, depths, side="right") - 1
+        np.minimum(db, self.DEPTH_EDGES.size - 1, out=db)
+        np.maximum(db, 0, out=db)
         return db, sb
 
     def _raw(self, p: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """Shrunk estimate per node (``p`` already within [0, 1])."""
         cell = self._cells(p, depths)
         return (self.accepted[cell] + self.m * p) / (self.drafted[cell] + self.m)
 
     def value(self, path_probs) -> np.ndarray:
         """Calibrated acceptance probability of each node of one path, in order."""
-        p = np.clip(np.asarray(path_probs, np.float64), 0.0, 1.0)
+        p = np.asarray(path_probs, np.float64)
         if p.size == 0:
             return p
+        p = np.minimum(np.maximum(p, 0.0), 1.0)
         return np.minimum.accumulate(self._raw(p, np.arange(1, p.size + 1)))
 
     def node_values(self, draft) -> np.ndarray | None:
@@ -189,7 +195,7 @@ class AcceptanceCalibration:
             return None
         if draft.is_chain:
             return self.value(draft.probs)
-        p = np.clip(np.asarray(draft.probs, np.float64), 0.0, 1.0)
+        p = np.minimum(np.maximum(np.asarray(draft.probs, np.float64), 0.0), 1.0)
         v = self._raw(p, draft.depths)
         for i, par in enumerate(draft.parents.tolist()):
             if par >= 0 and v[par] < v[i]:
@@ -204,15 +210,29 @@ class AcceptanceCalibration:
 
     def update(self, path_probs, accepted: int) -> None:
         """One verified path: its nodes' scores and how many were accepted."""
-        p = np.clip(np.asarray(path_probs, np.float64), 0.0, 1.0)
-        if p.size == 0:
+        self.update_batch([path_probs], [accepted])
+
+    def update_batch(self, paths, accepted) -> None:
+        """The verified paths of one step (scores, accepted counts); counts are
+        discounted by ``forget`` once per step."""
+        ps, ds, acc = [], [], []
+        for p, k in zip(paths, accepted):
+            n = len(p)
+            if n:
+                ps.append(p)
+                ds.append(np.arange(1, n + 1))
+                acc.append(np.arange(n) < k)
+        if not ps:
             return
+        p = np.asarray(np.concatenate(ps), np.float64)
+        np.minimum(p, 1.0, out=p)
+        np.maximum(p, 0.0, out=p)
+        db, sb = self._cells(p, np.concatenate(ds))
         self.drafted *= self.forget
         self.accepted *= self.forget
-        db, sb = self._cells(p, np.arange(1, p.size + 1))
         np.add.at(self.drafted, (db, sb), 1.0)
-        k = max(0, min(int(accepted), p.size))
-        np.add.at(self.accepted, (db[:k], sb[:k]), 1.0)
+        hit = np.concatenate(acc)
+        np.add.at(self.accepted, (db[hit], sb[hit]), 1.0)
 
 
 def trim_to_goodput(values: list[np.ndarray], model: StepCostModel,

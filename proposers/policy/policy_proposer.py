@@ -151,6 +151,7 @@ class PolicyProposer(Proposer):
         self.arm_picks = np.zeros(len(self.arms), np.int64)   # request-steps per arm
         #: per proposer: P(node accepted | its draft score), learned from feedback
         self.calibration = [AcceptanceCalibration() for _ in self.proposers]
+        self._calibrate = cfg.auto_off or (cfg.kind in BANDIT_KINDS and cfg.scope == "batch_quota")
         #: per-step decision trace (diagnosis; SPECPACK_POLICY_TRACE=1), bounded
         self.trace: deque[dict] | None = (deque(maxlen=20000) if os.environ.get(
             "SPECPACK_POLICY_TRACE", "0") not in ("", "0") else None)
@@ -283,7 +284,8 @@ class PolicyProposer(Proposer):
             self.spec_off_steps += 1
         for st, d, (arm, _) in zip(states, drafts, picks):
             st.drafted = len(d)
-            st.path_probs = None if d.probs is None else d.probs[d.best_path()]
+            st.path_probs = (d.probs[d.best_path()] if self._calibrate and d.probs is not None
+                             else None)
         return drafts  # type: ignore[return-value]
 
     def _any_token_can_pay(self, n: int) -> bool:
@@ -322,6 +324,7 @@ class PolicyProposer(Proposer):
             self.trace[-1]["accepted"] = [int(f.accepted) for f in feedback]
         lam = 0.9
         ema = self.cfg.ema_decay
+        paths: dict[int, tuple[list, list]] = {}   # proposer -> verified paths, accepted
         by_prop: dict[int, list[Feedback]] = {}
         batch = len(feedback)
         a, b, c = self.cost.coef
@@ -336,8 +339,10 @@ class PolicyProposer(Proposer):
                 if st is not None:
                     st.succ = lam * st.succ + acc
                     st.fail = lam * st.fail + rejected
-                    if st.path_probs is not None and st.arm >= 0:
-                        self.calibration[self.arms[st.arm][0]].update(st.path_probs, acc)
+                    if self._calibrate and st.path_probs is not None and st.arm >= 0:
+                        paths.setdefault(self.arms[st.arm][0], ([], []))
+                        paths[self.arms[st.arm][0]][0].append(st.path_probs)
+                        paths[self.arms[st.arm][0]][1].append(acc)
                 self._succ_all = 0.995 * self._succ_all + acc
                 self._fail_all = 0.995 * self._fail_all + rejected
             if st is None:
@@ -357,6 +362,8 @@ class PolicyProposer(Proposer):
             n_ver = batch + sum(f.drafted for f in feedback)
             t = self.cost.predict(n_ver, depth)
             self._global.update(self._step_arm, self._scale(step_tokens / max(t, 1e-9)))
+        for p, (ps, acc) in paths.items():
+            self.calibration[p].update_batch(ps, acc)
         for p, fb in by_prop.items():
             self.proposers[p].observe(fb)
 
