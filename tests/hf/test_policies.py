@@ -56,8 +56,11 @@ def test_suffix_policies_lossless(target, prompts, reference, policy):
     res = generate(target, prompts, prop, max_new_tokens=MAX_NEW, max_nodes=8, max_depth=8,
                    batch_size=5)
     assert res.tokens == reference
-    assert res.tau > 1.1, res.summary()        # the policy still lets drafts through
     assert prop.steps > 0
+    if not policy.get("auto_off", True):
+        # the policy still lets drafts through; with auto-off how much is drafted
+        # depends on measured step times (wall clock), so only losslessness is asserted
+        assert res.tau > 1.1, res.summary()
 
 
 @pytest.mark.parametrize("policy", DRAFT_POLICIES,
