@@ -471,7 +471,8 @@ def test_proposer_failing_in_every_hook_never_reaches_sglang(build_worker, caplo
 
 def test_unlayable_draft_costs_only_its_request(sglang_plugins_loaded):
     """A proposer breaking ``Draft.trusted``'s contract: that request is laid
-    out empty and gets no feedback (it verified none of its draft)."""
+    out empty and its feedback reports no draft. The step driver refuses the
+    draft as malformed (non-integer ids) before layout."""
     from specpack.sglang_plugins.worker import DraftBatcher
 
     class Bad(Proposer):
@@ -489,6 +490,9 @@ def test_unlayable_draft_costs_only_its_request(sglang_plugins_loaded):
     prop = Bad()
     batcher = DraftBatcher(prop, w, "suffix")
     tokens, _ = batcher.drafts([make_req("good", [1, 2]), make_req("bad", [3, 4])])
-    assert tokens.tolist() == [2, 9, 9, 2, 4, 4, 4, 4] and batcher.num_errors == 1
+    assert tokens.tolist() == [2, 9, 9, 2, 4, 4, 4, 4]
+    assert batcher.driver.malformed == 1 and batcher.num_errors == 0
     batcher.verified([2, 0])
-    assert [(f.key, f.drafted, f.accepted) for f in prop.feedback] == [("good", 2, 2)]
+    # the refused request verified no draft: its feedback says so (0 drafted, 0 accepted)
+    assert [(f.key, f.drafted, f.accepted) for f in prop.feedback] == [("good", 2, 2),
+                                                                        ("bad", 0, 0)]
