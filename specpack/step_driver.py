@@ -175,10 +175,11 @@ class StepDriver:
                 self._guarded("release", self.proposer.release, v.key, False)
 
             out = propose_isolated(self.proposer, [views[i] for i in asked], failed)
+            all_ok = self._batch_well_formed(out)
             for i, d in zip(asked, out):
                 if d is None:
                     continue
-                why = self.malformed_reason(d)
+                why = None if all_ok else self.malformed_reason(d)
                 if why is not None:
                     self._dropped(views[i].key, why)
                     continue
@@ -198,6 +199,30 @@ class StepDriver:
         self._prev = (len(views) + other_rows + sum(len(d) for d in drafts),
                       max((d.max_depth for d in drafts), default=0), now)
         return drafts
+
+    def _batch_well_formed(self, out: Sequence[Any]) -> bool:
+        """The checks of :meth:`malformed_reason` for a whole batch at once
+        (the common case, on the hot path); False sends every draft of the
+        batch through the per-draft checks, which say which one and why."""
+        ds = [d for d in out if d is not None]
+        if not ds or not all(isinstance(d, Draft) for d in ds):
+            return not ds
+        sizes = [np.size(d.tokens) for d in ds]
+        if sizes != [np.size(d.parents) for d in ds]:
+            return False
+        try:
+            tokens = np.concatenate([np.ravel(d.tokens) for d in ds])
+            parents = np.concatenate([np.ravel(d.parents) for d in ds])
+        except (TypeError, ValueError):
+            return False
+        if tokens.size == 0:
+            return True
+        if tokens.dtype.kind not in "iu" or any(np.ndim(d.tokens) != 1 for d in ds):
+            return False
+        if tokens.min() < 0 or (self.vocab_size is not None and tokens.max() >= self.vocab_size):
+            return False
+        local = np.arange(tokens.size) - np.repeat(np.cumsum([0] + sizes[:-1]), sizes)
+        return bool((parents >= -1).all() and (parents < local).all())
 
     def malformed_reason(self, d: Any) -> str | None:
         """Why ``d`` cannot go to an engine, or None when it can."""

@@ -101,3 +101,19 @@ def test_reference_runtime_stays_lossless_under_faults(tiny_model_dir):
     res = generate(target, prompts, prop, max_new_tokens=24, isolate_errors=True)
     assert res.tokens == ref
     assert res.decisions["malformed"] > 0 and res.tau > 1.0
+
+
+def test_batch_check_agrees_with_the_per_draft_check():
+    """The driver checks a whole batch at once and falls back to the per-draft
+    check only when something is wrong: both must agree on every kind."""
+    from specpack.proposers.retrieval.suffix import SuffixProposer
+
+    inj = FaultInjector(SuffixProposer(SuffixConfig(), max_nodes=4), FaultInjectionConfig(),
+                        max_nodes=4)
+    d = StepDriver(inj, name="t", logger=LOG, vocab_size=100)
+    good = [Draft.chain([1, 2, 3]), Draft([4, 5, 6], [-1, -1, 1]), Draft.empty()]
+    bad = [inj._malformed(views(1)[0]) for _ in MALFORMED_KINDS]
+    bad.append(Draft.trusted(np.array([1, 2], np.int32), np.array([-1, 1], np.int32)))
+    for batch in [good, good + [None]] + [good + [b] for b in bad] + [[b] for b in bad]:
+        expect = all(x is None or d.malformed_reason(x) is None for x in batch)
+        assert d._batch_well_formed(batch) == expect, batch
