@@ -308,14 +308,18 @@ class FaultInjectionConfig(BaseModel):
     seed: int = Field(0, description="Seed of the injection.")
 
 
+def validate_model(model: type[BaseModel], raw: Mapping[str, Any], where: str):
+    """``model.model_validate(raw)``, or a :class:`ConfigError` naming the field."""
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, model, where)) from None
+
+
 def parse_fault_config(raw: Any, where: str) -> FaultInjectionConfig | None:
     if raw is None:
         return None
-    raw = json_object(raw, where)
-    try:
-        return FaultInjectionConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, FaultInjectionConfig, where)) from None
+    return validate_model(FaultInjectionConfig, json_object(raw, where), where)
 
 
 def parse_policy_config(raw: Mapping[str, Any] | None, *, default_method: str,
@@ -325,10 +329,7 @@ def parse_policy_config(raw: Mapping[str, Any] | None, *, default_method: str,
         return None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-    try:
-        cfg = PolicyConfig.model_validate(dict(raw))
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, PolicyConfig, where)) from None
+    cfg = validate_model(PolicyConfig, raw, where)
     for i, arm in enumerate(cfg.arms):
         if arm.proposer is not None:
             parse_method_config(arm.proposer, where=f"{where}: arms[{i}].proposer")
@@ -413,10 +414,7 @@ def parse_method_config(
         )
     raw["method"] = method
     model = METHODS[method].config
-    try:
-        cfg = model.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, model, where)) from None
+    cfg = validate_model(model, raw, where)
     for field, sub in nested_configs(cfg):
         if sub is not None:
             nested_method_config(cfg, field, where)

@@ -134,6 +134,15 @@ def choose_draft_lengths(alphas, caps, model: StepCostModel | None) -> list[int]
     return out
 
 
+def _unit(scores) -> np.ndarray:
+    """Scores as a float64 array clamped to [0, 1] (ufuncs: cheaper than np.clip
+    on the few nodes of a draft)."""
+    p = np.array(scores, np.float64)
+    np.minimum(p, 1.0, out=p)
+    np.maximum(p, 0.0, out=p)
+    return p
+
+
 class AcceptanceCalibration:
     """``P(draft node accepted | its score p and its depth j)``, learned online.
 
@@ -182,10 +191,9 @@ class AcceptanceCalibration:
 
     def value(self, path_probs) -> np.ndarray:
         """Calibrated acceptance probability of each node of one path, in order."""
-        p = np.asarray(path_probs, np.float64)
+        p = _unit(path_probs)
         if p.size == 0:
             return p
-        p = np.minimum(np.maximum(p, 0.0), 1.0)
         return np.minimum.accumulate(self._raw(p, np.arange(1, p.size + 1)))
 
     def node_values(self, draft) -> np.ndarray | None:
@@ -195,8 +203,7 @@ class AcceptanceCalibration:
             return None
         if draft.is_chain:
             return self.value(draft.probs)
-        p = np.minimum(np.maximum(np.asarray(draft.probs, np.float64), 0.0), 1.0)
-        v = self._raw(p, draft.depths)
+        v = self._raw(_unit(draft.probs), draft.depths)
         for i, par in enumerate(draft.parents.tolist()):
             if par >= 0 and v[par] < v[i]:
                 v[i] = v[par]
@@ -224,9 +231,7 @@ class AcceptanceCalibration:
                 acc.append(np.arange(n) < k)
         if not ps:
             return
-        p = np.asarray(np.concatenate(ps), np.float64)
-        np.minimum(p, 1.0, out=p)
-        np.maximum(p, 0.0, out=p)
+        p = _unit(np.concatenate(ps))
         db, sb = self._cells(p, np.concatenate(ds))
         self.drafted *= self.forget
         self.accepted *= self.forget

@@ -282,7 +282,7 @@ class PolicyProposer(Proposer):
             self.trace[-1]["kept"] = [len(d) for d in drafts]
         if caps and any(caps) and not any(len(d) for d in drafts):
             self.spec_off_steps += 1
-        for st, d, (arm, _) in zip(states, drafts, picks):
+        for st, d in zip(states, drafts):
             st.drafted = len(d)
             st.path_probs = (d.probs[d.best_path()] if self._calibrate and d.probs is not None
                              else None)
@@ -340,9 +340,9 @@ class PolicyProposer(Proposer):
                     st.succ = lam * st.succ + acc
                     st.fail = lam * st.fail + rejected
                     if self._calibrate and st.path_probs is not None and st.arm >= 0:
-                        paths.setdefault(self.arms[st.arm][0], ([], []))
-                        paths[self.arms[st.arm][0]][0].append(st.path_probs)
-                        paths[self.arms[st.arm][0]][1].append(acc)
+                        ps, accs = paths.setdefault(self.arms[st.arm][0], ([], []))
+                        ps.append(st.path_probs)
+                        accs.append(acc)
                 self._succ_all = 0.995 * self._succ_all + acc
                 self._fail_all = 0.995 * self._fail_all + rejected
             if st is None:
