@@ -96,7 +96,9 @@ class Proposer:
     * :meth:`observe_step` - measured wall time of one engine step (the cost
       model of the policy layer);
     * :meth:`observe_target_topk` - the target's top-k at each verified
-      position, where the host can see logits (reference runtime);
+      position, where the host can see logits (reference runtime), sent
+      only when :attr:`wants_target_topk` says so (it costs a top-k per
+      request per step);
     * :meth:`attach_target` - the target model, for drafters that run on it
       (self-speculation); vLLM hands it over in ``load_model``;
     * ``stop_rule`` in :meth:`propose` - drafters with draft distributions
@@ -130,6 +132,11 @@ class Proposer:
     def observe_step(self, num_tokens: int, max_depth: int, seconds: float) -> None:
         """One engine step verified ``num_tokens`` tokens, drafts at most
         ``max_depth`` deep, in ``seconds`` (default: not used)."""
+
+    @property
+    def wants_target_topk(self) -> bool:
+        """Does :meth:`observe_target_topk` use what it is given? (default: no)"""
+        return False
 
     def observe_target_topk(self, tokens: np.ndarray, topk: np.ndarray) -> None:
         """``topk[i]`` = the target's top-k ids after ``tokens[i]`` (default: not used)."""

@@ -139,3 +139,16 @@ def test_wrong_number_of_drafts_is_a_per_request_failure():
     out = d.propose(views(["a", "b"]))
     assert [len(x) for x in out] == [3, 3]          # retried per request: each gets its own
     assert d.errors == 0
+
+
+def test_target_topk_is_declared_by_the_proposers_that_use_it():
+    from specpack.registry import build_pipeline
+
+    assert not Recorder().wants_target_topk
+    assert not build_pipeline({}, method="suffix").wants_target_topk
+    assert build_pipeline({}, method="token_recycling").wants_target_topk
+    assert build_pipeline({}, method="cascade").wants_target_topk
+    assert not build_pipeline({"sources": ["request", "global"]},
+                              method="cascade").wants_target_topk
+    assert build_pipeline({"policy": {"kind": "fixed"}},
+                          method="token_recycling").wants_target_topk

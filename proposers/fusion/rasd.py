@@ -56,6 +56,10 @@ class FusionProposer(Proposer):
     def observe(self, feedback: Sequence[Feedback]) -> None:
         self.retrieval.observe(feedback)
 
+    @property
+    def wants_target_topk(self) -> bool:
+        return self.retrieval.wants_target_topk
+
     def observe_target_topk(self, tokens, topk) -> None:
         self.retrieval.observe_target_topk(tokens, topk)
 

@@ -367,6 +367,10 @@ class PolicyProposer(Proposer):
         for p, fb in by_prop.items():
             self.proposers[p].observe(fb)
 
+    @property
+    def wants_target_topk(self) -> bool:
+        return any(p.wants_target_topk for p in self.proposers)
+
     def observe_target_topk(self, tokens, topk) -> None:
         for p in self.proposers:
             p.observe_target_topk(tokens, topk)

@@ -65,6 +65,10 @@ class CascadeProposer(Proposer):
         return max((p.num_tracked() for p in (self.suffix, self.datastore, self.recycling)
                     if p is not None), default=0)
 
+    @property
+    def wants_target_topk(self) -> bool:
+        return self.recycling is not None
+
     def observe_target_topk(self, tokens, topk) -> None:
         if self.recycling is not None:
             self.recycling.observe_target_topk(tokens, topk)

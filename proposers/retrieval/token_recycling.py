@@ -114,6 +114,8 @@ class TokenRecyclingProposer(Proposer):
             row[1: j + 1] = row[:j].copy()
             row[0] = y
 
+    wants_target_topk = True
+
     def observe_target_topk(self, tokens: np.ndarray, topk: np.ndarray) -> None:
         """``topk[i]`` = the target's top candidates after ``tokens[i]``."""
         tokens = np.asarray(tokens, np.int64)

@@ -141,6 +141,7 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer: Proposer | None
                         raise_errors=not isolate_errors,
                         vocab_size=getattr(lm.model.config, "vocab_size", None))
     driver.attach_target(lm.model)
+    wants_topk = driver.proposer.wants_target_topk   # a top-k per request per step
     gen = torch.Generator().manual_seed(seed)
     n = len(prompts)
     batch_size = batch_size or n
@@ -180,7 +181,7 @@ def generate(target, prompts: Sequence[Sequence[int]], proposer: Proposer | None
                                 tree_bits=tb.bits)
             accepted, finished = [], []
             for i, d, lg in zip(live, drafts, logits):
-                if proposer is not None:
+                if wants_topk:
                     # every verified position's top-k: what the target itself
                     # considered after the root and after each draft node
                     k = min(8, lg.shape[-1])

@@ -106,6 +106,10 @@ class FaultInjector(Proposer):
         self._hook("observe_step")
         self.inner.observe_step(num_tokens, max_depth, seconds)
 
+    @property
+    def wants_target_topk(self) -> bool:
+        return self.inner.wants_target_topk
+
     def observe_target_topk(self, tokens, topk) -> None:
         self.inner.observe_target_topk(tokens, topk)
 
