@@ -20,6 +20,13 @@ Inputs (packed over requests, ``N = sum T_b``):
 
 Grouped-query attention: query head ``h`` reads KV head ``h // (Hq / Hkv)``.
 
+Incremental blocks (drafting a tree level by level): with ``block_lens``
+``[B]`` the block of request ``b`` holds ``K_b = block_lens[b]`` tokens already
+written to the cache and only its *last* ``T_b <= K_b`` tokens are queries
+(``cu_tree`` then indexes the query rows, ``tree_bits`` has one row per query
+over the ``K_b`` block columns). Query row ``r`` of request ``b`` is block
+token ``K_b - T_b + r``; without ``block_lens``, ``K_b = T_b``.
+
 Backends: ``triton`` (flash-attention style: online softmax over prefix tiles
 without any mask, then the tree tiles with the bit mask; runs on CPU tensors
 under ``TRITON_INTERPRET=1``), ``flashinfer`` (paged prefill wrapper with a
@@ -34,7 +41,7 @@ step's metadata, so :class:`TreeAttentionPlan` does the per-step work once
 ``plan()``, i.e. page indices and the custom mask) and its ``run(q, k, v)``
 is called per layer. :func:`tree_attention` is the one-shot form
 (plan + one run). FlashInfer's inputs (:func:`flashinfer_plan_inputs`), for
-request ``b`` with ``kv_b = P_b + T_b`` tokens on ``n_b = ceil(kv_b / page)``
+request ``b`` with ``kv_b = P_b + K_b`` tokens on ``n_b = ceil(kv_b / page)``
 pages:
 
     qo_indptr       = cu_tree
@@ -116,7 +123,8 @@ def select_backend(device: torch.device, backend: str = "auto") -> str:
 
 
 def tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits, *,
-                   scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+                   scale: float | None = None, backend: str = "auto",
+                   block_lens: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of every tree token over its prefix and tree ancestors; ``[N, Hq, D]``.
 
     One-shot form of :class:`TreeAttentionPlan` (plans, runs once): for a
@@ -127,7 +135,7 @@ def tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_
                              num_qo_heads=q.shape[1], num_kv_heads=k_cache.shape[2],
                              head_dim=q.shape[2], page_size=k_cache.shape[1], dtype=q.dtype,
                              kv_dtype=k_cache.dtype, device=q.device, scale=scale,
-                             backend=backend)
+                             backend=backend, block_lens=block_lens)
     return plan.run(q, k_cache, v_cache)
 
 
@@ -146,7 +154,7 @@ class TreeAttentionPlan:
     def __init__(self, block_table, prefix_lens, cu_tree, tree_bits, *, num_qo_heads: int,
                  num_kv_heads: int, head_dim: int, page_size: int, dtype: torch.dtype,
                  device, scale: float | None = None, backend: str = "auto",
-                 kv_dtype: torch.dtype | None = None):
+                 kv_dtype: torch.dtype | None = None, block_lens: torch.Tensor | None = None):
         if num_qo_heads % num_kv_heads:
             raise ValueError(f"query heads ({num_qo_heads}) must be a multiple of KV heads "
                              f"({num_kv_heads})")
@@ -161,6 +169,11 @@ class TreeAttentionPlan:
         self.cu_tree = cu_tree.to(device, torch.int32).contiguous()
         self.tree_bits = tree_bits.to(device, torch.int32).contiguous()
         sizes = cu_tree[1:] - cu_tree[:-1]
+        if block_lens is None:
+            block_lens = sizes
+        elif block_lens.shape != sizes.shape or bool((block_lens.cpu() < sizes.cpu()).any()):
+            raise ValueError("block_lens must have one entry per request, each >= its query rows")
+        self.block_lens = block_lens.to(device, torch.int32).contiguous()
         self.max_tree = int(sizes.max()) if sizes.numel() else 0
         self._wrapper = None
         if self.backend == "flashinfer":
@@ -170,7 +183,7 @@ class TreeAttentionPlan:
         import flashinfer
 
         inp = flashinfer_plan_inputs(self.block_table, self.prefix_lens, self.cu_tree,
-                                     self.tree_bits, self.page_size)
+                                     self.tree_bits, self.page_size, self.block_lens)
         wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_flashinfer_workspace(device),
                                                                  kv_layout="NHD")
         wrapper.plan(inp["qo_indptr"], inp["paged_kv_indptr"], inp["paged_kv_indices"],
@@ -198,19 +211,21 @@ class TreeAttentionPlan:
         args = (q, k_cache, v_cache, self.block_table, self.prefix_lens, self.cu_tree,
                 self.tree_bits, self.scale)
         if self.backend == "triton":
-            return _triton_tree_attention(*args, max_tree=self.max_tree)
-        return reference_tree_attention(*args)
+            return _triton_tree_attention(*args, max_tree=self.max_tree, block_lens=self.block_lens)
+        return reference_tree_attention(*args, block_lens=self.block_lens)
 
 
 # --------------------------------------------------------------------- reference
 def reference_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
-                             scale: float | None = None) -> torch.Tensor:
+                             scale: float | None = None,
+                             block_lens: torch.Tensor | None = None) -> torch.Tensor:
     """torch SDPA with a dense boolean mask over the whole (padded) batch.
 
     Keys/values of every request are gathered through the block table into
-    ``[B, L_max, Hkv, D]``; the mask is ``[B, T_max, L_max]``: prefix columns
-    visible, tree columns from the unpacked bit mask, padding hidden (padded
-    query rows see column 0 only and are dropped).
+    ``[B, L_max, Hkv, D]`` (grouped-query heads are not repeated: SDPA's
+    ``enable_gqa``); the mask is ``[B, T_max, L_max]``: prefix columns visible,
+    block columns from the unpacked bit mask, padding hidden (padded query
+    rows see column 0 only and are dropped).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     dev = q.device
@@ -219,34 +234,34 @@ def reference_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_t
     P = prefix_lens.to(dev, torch.long)
     cu = cu_tree.to(dev, torch.long)
     T = cu[1:] - cu[:-1]
+    K = T if block_lens is None else block_lens.to(dev, torch.long)
     B = P.shape[0]
     if B == 0 or q.shape[0] == 0:
         return torch.empty_like(q)
-    Lm, Tm = int((P + T).max()), int(T.max())
+    Lm, Tm, Km = int((P + K).max()), int(T.max()), int(K.max())
     pos = torch.arange(Lm, device=dev)
     page = (pos // page_size).clamp(max=block_table.shape[1] - 1)
     phys = block_table.to(dev, torch.long)[:, page]                      # [B, Lm]
     slot = (pos % page_size).expand(B, Lm)
-    k = k_cache[phys, slot].repeat_interleave(Hq // Hkv, dim=2)          # [B, Lm, Hq, D]
-    v = v_cache[phys, slot].repeat_interleave(Hq // Hkv, dim=2)
-    # packed query row -> (request, row in block)
+    k = k_cache[phys, slot]                                               # [B, Lm, Hkv, D]
+    v = v_cache[phys, slot]
+    # packed query row -> (request, row among its queries)
     req = torch.repeat_interleave(torch.arange(B, device=dev), T)
     row = torch.arange(q.shape[0], device=dev) - cu[req]
     qp = q.new_zeros(B, Tm, Hq, D)
     qp[req, row] = q
     mask = torch.zeros(B, Tm, Lm, dtype=torch.bool, device=dev)
     mask[:, :, 0] = True                                                  # padded rows: col 0
-    mask |= (pos[None, None, :] < P[:, None, None])                       # prefix
-    bits = unpack_bits(tree_bits.to(dev), Tm)                             # [N, Tm]
-    cols = P[req][:, None] + torch.arange(Tm, device=dev)[None, :]        # [N, Tm]
-    ok = torch.arange(Tm, device=dev)[None, :] < T[req][:, None]
+    bits = unpack_bits(tree_bits.to(dev), Km)                             # [N, Km]
+    cols = P[req][:, None] + torch.arange(Km, device=dev)[None, :]        # [N, Km]
+    ok = torch.arange(Km, device=dev)[None, :] < K[req][:, None]
     tree = torch.zeros(q.shape[0], Lm, dtype=torch.bool, device=dev)
-    r_idx, j_idx = ok.nonzero(as_tuple=True)          # only real tree columns
+    r_idx, j_idx = ok.nonzero(as_tuple=True)          # only real block columns
     tree[r_idx, cols[r_idx, j_idx]] = bits[r_idx, j_idx]
     mask[req, row] = (pos[None, :] < P[req][:, None]) | tree
     o = torch.nn.functional.scaled_dot_product_attention(
         qp.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        attn_mask=mask[:, None], scale=scale)                             # [B, Hq, Tm, D]
+        attn_mask=mask[:, None], scale=scale, enable_gqa=Hq != Hkv)       # [B, Hq, Tm, D]
     return o.transpose(1, 2)[req, row]
 
 
@@ -259,7 +274,7 @@ def _build_kernel():
     import triton.language as tl
 
     @triton.jit
-    def kernel(Q, K, V, Out, Table, Prefix, Cu, Bits,
+    def kernel(Q, K, V, Out, Table, Prefix, Cu, Bits, BlockLen,
                s_qn, s_qh, s_kp, s_ks, s_kh, s_vp, s_vs, s_vh, s_on, s_oh, s_tb, s_bits,
                page_size, sm_scale,
                GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -271,6 +286,7 @@ def _build_kernel():
         T = tl.load(Cu + b + 1) - q0
         if mblk * BLOCK_M < T:
             P = tl.load(Prefix + b)
+            KB = tl.load(BlockLen + b)
             kvh = h // GROUP
             offs_m = mblk * BLOCK_M + tl.arange(0, BLOCK_M)
             m_ok = offs_m < T
@@ -298,10 +314,10 @@ def _build_kernel():
                 l_i = l_i * alpha + tl.sum(p, 1)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
                 m_i = m_new
-            # tree tiles: bit mask of ancestors
-            for start in range(0, T, BLOCK_N):
+            # block tiles: bit mask of ancestors
+            for start in range(0, KB, BLOCK_N):
                 offs_j = start + tl.arange(0, BLOCK_N)
-                j_ok = offs_j < T
+                j_ok = offs_j < KB
                 pos = P + offs_j
                 phys = tl.load(Table + b * s_tb + pos // page_size, mask=j_ok, other=0)
                 slot = pos % page_size
@@ -331,7 +347,8 @@ def _build_kernel():
 
 def _triton_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tree, tree_bits,
                            scale: float, block_m: int = 16, block_n: int = 64,
-                           max_tree: int | None = None) -> torch.Tensor:
+                           max_tree: int | None = None,
+                           block_lens: torch.Tensor | None = None) -> torch.Tensor:
     import triton
 
     global _KERNEL
@@ -348,10 +365,11 @@ def _triton_tree_attention(q, k_cache, v_cache, block_table, prefix_lens, cu_tre
     table = block_table.to(dev, torch.int32).contiguous()
     bits = tree_bits.to(dev, torch.int32).contiguous()
     B = prefix.shape[0]
+    blens = (cu[1:] - cu[:-1] if block_lens is None else block_lens).to(dev, torch.int32).contiguous()
     if max_tree is None:
         max_tree = int((cu_tree[1:] - cu_tree[:-1]).max()) if B else 0
     grid = (B, triton.cdiv(max(max_tree, 1), block_m), q.shape[1])
-    _KERNEL[grid](q, k_cache, v_cache, out, table, prefix, cu, bits,
+    _KERNEL[grid](q, k_cache, v_cache, out, table, prefix, cu, bits, blens,
                   q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                   v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
                   out.stride(0), out.stride(1), table.stride(0), bits.stride(0),
@@ -373,7 +391,8 @@ def _flashinfer_workspace(device: torch.device) -> torch.Tensor:
     return ws
 
 
-def flashinfer_plan_inputs(block_table, prefix_lens, cu_tree, tree_bits, page_size: int) -> dict:
+def flashinfer_plan_inputs(block_table, prefix_lens, cu_tree, tree_bits, page_size: int,
+                           block_lens: torch.Tensor | None = None) -> dict:
     """Arguments of FlashInfer's paged-prefill ``plan()`` (module docstring), vectorised.
 
     Returns int32 ``qo_indptr``, ``paged_kv_indptr``, ``paged_kv_indices``,
@@ -384,7 +403,8 @@ def flashinfer_plan_inputs(block_table, prefix_lens, cu_tree, tree_bits, page_si
     P = prefix_lens.to(dev, torch.long)
     cu = cu_tree.to(dev, torch.long)
     T = cu[1:] - cu[:-1]
-    kv = P + T
+    K = T if block_lens is None else block_lens.to(dev, torch.long)
+    kv = P + K
     pages = (kv + page_size - 1) // page_size
     B = P.shape[0]
     if B and int(pages.max()) > block_table.shape[1]:
@@ -400,9 +420,9 @@ def flashinfer_plan_inputs(block_table, prefix_lens, cu_tree, tree_bits, page_si
     if N:
         req = torch.repeat_interleave(torch.arange(B, device=dev), T)        # [N]
         col = torch.arange(int(kv.max()), device=dev)[None, :]               # [1, K]
-        j = col - P[req][:, None]                                            # tree column
-        Tm = int(T.max())
-        bits = unpack_bits(tree_bits.to(dev), Tm).gather(1, j.clamp(0, Tm - 1))
+        j = col - P[req][:, None]                                            # block column
+        Km = int(K.max())
+        bits = unpack_bits(tree_bits.to(dev), Km).gather(1, j.clamp(0, Km - 1))
         vis = (j < 0) | bits                                                 # [N, K]
         custom_mask = vis[col < kv[req][:, None]]     # row i of request b: its kv_b columns
     else:

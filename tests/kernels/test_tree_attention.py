@@ -368,3 +368,29 @@ def test_hf_forward_plans_once_per_step(fake_flashinfer):
         assert len(fake_flashinfer.instances) == step + 1
         w = fake_flashinfer.instances[-1]
         assert (w.plans, w.runs) == (1, cfg.num_hidden_layers)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "flashinfer"])
+def test_incremental_block_queries_equal_full_block_rows(backend, request):
+    """``block_lens``: a block already in the cache whose last ``T_b`` tokens
+    are the queries (a tree drafted level by level) gives exactly the rows the
+    whole-block call gives for those tokens; requests with 0..all rows queried."""
+    if backend == "flashinfer":
+        request.getfixturevalue("fake_flashinfer")
+    rng = np.random.default_rng(seed_of("incremental"))
+    drafts = [random_draft(rng, 9), random_draft(rng, 5, "chain"), random_draft(rng, 12, "wide"),
+              random_draft(rng, 3)]
+    q, k, v, table, P, tb = make_case(rng, drafts, [40, 0, 17, 70], 4, 2, 64, 16)
+    full = reference_tree_attention(q, k, v, table, P, tb.cu_tree, tb.bits)
+    sizes = tb.tree_sizes.tolist()
+    n_query = [3, sizes[1], 1, 0]                 # last rows queried per request
+    cu = tb.cu_tree.tolist()
+    rows = torch.cat([torch.arange(cu[b + 1] - n, cu[b + 1]) for b, n in enumerate(n_query)])
+    cu_q = torch.tensor(np.concatenate([[0], np.cumsum(n_query)]), dtype=torch.int32)
+    out = tree_attention(q[rows], k, v, table, P, cu_q, tb.bits[rows], backend=backend,
+                         block_lens=tb.tree_sizes)
+    err = (out - full[rows]).abs().max().item()
+    assert err <= ATOL, f"{backend}: max abs error {err:.2e}"
+    with pytest.raises(ValueError, match="block_lens"):
+        tree_attention(q[rows], k, v, table, P, cu_q, tb.bits[rows], backend="torch",
+                       block_lens=torch.ones(4, dtype=torch.int32))
