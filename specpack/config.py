@@ -117,6 +117,15 @@ class DraftModelConfig(MethodConfig):
     tree_width: int = Field(4, ge=1, le=64, description="Children per expanded node (tree mode).")
     max_expand: int = Field(8, ge=1, le=256, description="Nodes expanded per tree level.")
     seed: int = Field(0, description="Seed of the drafter's sampling.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                        description="Device of the drafter and its KV pool: auto (the "
+                        "target's device), cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Drafter dtype: auto = the target's on GPUs, float32 on CPU.")
+    kv_budget_tokens: int = Field(131072, ge=64, le=1 << 26, description="Token capacity "
+                                  "of the drafter's paged KV pool (memory bound; idle "
+                                  "requests are evicted least recently used first).")
+    page_size: int = Field(16, ge=1, le=1024, description="Tokens per KV page.")
 
 
 class DatastoreConfig(MethodConfig):

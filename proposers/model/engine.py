@@ -213,15 +213,24 @@ class DraftEngine:
         """Pages for ``length`` positions; evict idle requests (LRU) if needed."""
         need = -(-length // self.pool.page_size) - len(s.pages)
         while need > len(self.pool.free):
-            victim = next((k for k in self.seqs if k not in protected), None)
-            if victim is None:
-                raise PoolExhausted(
-                    f"draft KV pool of {self.pool.num_pages} pages x {self.pool.page_size} "
-                    f"tokens cannot hold this batch; raise max_tokens")
+            victim = next(k for k in self.seqs if k not in protected)
             self.release(victim)
             self.evictions += 1
         for _ in range(max(need, 0)):
             s.pages.append(self.pool.free.pop())
+
+    def _check_fits(self, keys: Sequence[Hashable], lengths: Sequence[int]) -> None:
+        """Raise :class:`PoolExhausted` (evicting nobody) unless ``keys`` can
+        reach ``lengths`` tokens with free pages plus those of idle requests."""
+        ps = self.pool.page_size
+        protected = set(keys) | self.pinned
+        need = sum(max(0, -(-n // ps) - len(self.seqs[k].pages if k in self.seqs else ()))
+                   for k, n in zip(keys, lengths))
+        idle = sum(len(q.pages) for k, q in self.seqs.items() if k not in protected)
+        if need > len(self.pool.free) + idle:
+            raise PoolExhausted(
+                f"draft KV pool of {self.pool.num_pages} pages x {ps} tokens cannot hold "
+                f"this batch; raise max_tokens")
 
     def _touch(self, keys: Sequence[Hashable]) -> list[_Seq]:
         out = []
@@ -248,6 +257,8 @@ class DraftEngine:
         if len(set(keys)) != len(keys):
             raise ValueError("append: a request appears twice in one forward")
         seqs = self._touch(keys)
+        self._check_fits(keys, [s.committed + len(s.block_tokens) + len(t)
+                                for s, t in zip(seqs, tokens)])
         protected = set(keys) | self.pinned
         for s, toks in zip(seqs, tokens):
             self._reserve(s, s.committed + len(s.block_tokens) + len(toks), protected)
@@ -354,6 +365,7 @@ class DraftEngine:
         pending = [k for k in keys if self.block_size(k)]
         if pending:
             self.rollback(pending)
+        self._check_fits(keys, [len(self.committed(k)) + len(c) for k, c in zip(keys, chunks)])
         while todo:
             batch, used, rest = [], 0, []
             for i, c in todo:

@@ -119,9 +119,22 @@ def test_draft_model_cache_resyncs_after_rejections(models):
     """The drafter's own cache must follow the committed tokens exactly."""
     prop = DraftModelProposer(models["other"], DraftModelConfig(draft_model="m"), max_nodes=4)
     prompt = [5, 6, 7, 8]
-    generate(models["target"], [prompt], prop, max_new_tokens=20, max_nodes=4, max_depth=4)
-    # finished requests release their drafter cache
-    assert prop.lm.kv == {} and prop.lm.tokens == {}
+    seen = []
+
+    def check(lm, keys, committed):
+        for i, key in keys.items():
+            cached = prop.engine.committed(key)
+            # after drafting (drafted nodes rolled back) the drafter holds the
+            # context it drafted from: a prefix of what is committed now
+            assert cached and committed[i][:len(cached)] == cached
+            assert prop.engine.block_size(key) == 0
+            seen.append(len(cached))
+
+    generate(models["target"], [prompt], prop, max_new_tokens=20, max_nodes=4, max_depth=4,
+             on_step=check)
+    assert len(seen) >= 5 and seen == sorted(seen)
+    # finished requests release their drafter KV pages
+    assert prop.engine.seqs == {} and prop.engine.pages_in_use() == 0
 
 
 def test_rejects_bad_arguments(models):

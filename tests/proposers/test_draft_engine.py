@@ -126,3 +126,32 @@ def test_bad_calls_name_the_problem(lm):
         eng.append(["r", "r"], [[1], [2]], [[3], [3]], [[-1], [-1]])
     with pytest.raises(ValueError, match="page_size"):
         DraftEngine(lm, max_tokens=2, page_size=4)
+
+
+def test_drafter_pool_stays_under_budget_with_64_concurrent_requests(lm):
+    """64 live requests whose KV does not fit the pool at once: the drafter
+    drafts them in pieces that fit, pages never exceed the budget, and every
+    draft equals the draft of a drafter with room for all (greedy)."""
+    from specpack.config import DraftModelConfig
+    from specpack.protocols import Budget, RequestView
+    from specpack.proposers.model.draft_model import DraftModelProposer
+
+    small = DraftModelProposer(lm, DraftModelConfig(draft_model="m", kv_budget_tokens=640,
+                                                    page_size=8), max_nodes=4)
+    roomy = DraftModelProposer(lm, DraftModelConfig(draft_model="m"), max_nodes=4)
+    rng = np.random.default_rng(1)
+    ctxs = {f"r{i}": rng.integers(0, 50, int(rng.integers(20, 60))).tolist() for i in range(64)}
+    ctxs["huge"] = rng.integers(0, 50, 700).tolist()       # alone larger than the pool
+    peak = 0
+    for step in range(3):
+        views = [RequestView(k, np.asarray(c, np.int32), Budget(4, 4)) for k, c in ctxs.items()]
+        a, b = small.propose(views), roomy.propose(views)
+        peak = max(peak, small.engine.pages_in_use())
+        assert small.engine.pages_in_use() <= small.engine.pool.num_pages == 80
+        for k, da, db in zip(ctxs, a, b):
+            if k == "huge":
+                assert len(da) == 0
+                continue
+            assert da.tokens.tolist() == db.tokens.tolist(), (step, k)
+            ctxs[k] = ctxs[k] + da.tokens[:2].tolist() + [int(rng.integers(0, 50))]
+    assert small.engine.evictions > 0 and peak > 40

@@ -50,10 +50,19 @@ def holdings(prop) -> dict:
             out["global_trie_nodes"] = g.trie.num_nodes - g.trie.num_dead
         if getattr(p, "table", None) is not None:
             out["table_rows"] = p.table.shape[0]
-        if getattr(p, "lm", None) is not None:
-            out["kv_requests"] = len(p.lm.kv)
+        if getattr(p, "_engine", None) is not None:
+            out["kv_requests"] = len(p.engine.seqs)
+            out["kv_pages"] = p.engine.pages_in_use()
             out["root_logits"] = len(p._root_logits)
     return out
+
+
+def prop_engine_pages(prop) -> int:
+    """The pool size of the (possibly wrapped) drafter's engine."""
+    for p in [prop, getattr(prop, "draft", None)]:
+        if getattr(p, "_engine", None) is not None:
+            return p.engine.pool.num_pages
+    raise AssertionError("no drafting engine found")
 
 
 @pytest.mark.parametrize("spec", list(METHODS.values()), ids=list(METHODS))
@@ -90,3 +99,4 @@ def test_ten_thousand_requests_stay_under_the_caps(spec, tiny_model_dir, random_
         assert peak["table_rows"] <= VOCAB_CAP
     if "kv_requests" in peak:
         assert peak["kv_requests"] <= CAP and peak["root_logits"] <= CAP
+        assert 0 < peak["kv_pages"] <= prop_engine_pages(prop)
