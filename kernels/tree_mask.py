@@ -77,8 +77,8 @@ def pack_bits(dense: np.ndarray) -> torch.Tensor:
     W = max(1, (T + 31) // 32)
     padded = np.zeros((n, W * 32), dtype=bool)
     padded[:, :T] = dense
-    words = (padded.reshape(n, W, 32) * (1 << np.arange(32, dtype=np.int64))).sum(-1)
-    return torch.as_tensor(np.where(words >= 2**31, words - 2**32, words).astype(np.int32))
+    packed = np.packbits(padded, axis=1, bitorder="little")       # [n, 4 W] bytes, LSB first
+    return torch.from_numpy(np.ascontiguousarray(packed).view("<i4").reshape(n, W).copy())
 
 
 def unpack_bits(bits: torch.Tensor, T: int) -> torch.Tensor:

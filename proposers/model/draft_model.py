@@ -119,7 +119,7 @@ class DraftModelProposer(Proposer):
         return len(self._recent)
 
     def describe(self) -> dict:
-        out = {"method": self.config.method, "mode": self.config.mode}
+        out = super().describe()
         if self._engine is not None:
             e = self._engine
             out.update(device=str(e.device), dtype=str(e.dtype).replace("torch.", ""),

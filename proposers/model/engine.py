@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from specpack.kernels.tree_attention import TreeAttentionPlan
+from specpack.kernels.tree_mask import pack_bits
 
 ENGINE_ATTENTION = "specpack_engine"
 
@@ -136,16 +137,6 @@ class _Step:
     block_lens: torch.Tensor     # [B] block sizes after this forward
     backend: str
     plan: TreeAttentionPlan | None = None
-
-
-def _pack_rows(rows: np.ndarray) -> torch.Tensor:
-    """``[n, K]`` bool -> ``[n, ceil(K / 32)]`` int32, bit ``j % 32`` of word ``j // 32``."""
-    n, K = rows.shape
-    W = max(1, (K + 31) // 32)
-    padded = np.zeros((n, W * 32), dtype=bool)
-    padded[:, :K] = rows
-    packed = np.packbits(padded, axis=1, bitorder="little")              # [n, W * 4] uint8
-    return torch.from_numpy(np.ascontiguousarray(packed).view("<i4").reshape(n, W).copy())
 
 
 class DraftEngine:
@@ -280,7 +271,7 @@ class DraftEngine:
             pos.extend(p_r)
             cu.append(cu[-1] + n)
         Km = max(blens) if blens else 1
-        bits = _pack_rows(np.concatenate([np.pad(r, ((0, 0), (0, Km - r.shape[1]))) for r in rows])
+        bits = pack_bits(np.concatenate([np.pad(r, ((0, 0), (0, Km - r.shape[1]))) for r in rows])
                           if rows else np.zeros((0, Km), bool))
         max_pages = max(len(s.pages) for s in seqs)
         table = np.zeros((len(seqs), max_pages), np.int32)
